@@ -1,0 +1,1 @@
+"""The agent: turns collector findings into reports, metrics and commands."""

@@ -1,0 +1,137 @@
+"""The ``mmrwatch`` command line.
+
+Every failure the user can cause ends in one line on stderr and a documented exit code;
+a traceback is shown only with ``--debug`` (and only for genuine bugs, exit 70).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import mmrwatch
+
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
+EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_DEBUGINFO = 64, 65, 66, 69
+EXIT_SOFTWARE, EXIT_PERMISSION = 70, 77
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}   no problem found (report/ptdump produced)
+  {EXIT_WARNING}   warnings only (e.g. an efi_mm slot not yet re-synced since the last EFI call)
+  {EXIT_CRITICAL}   critical findings: a required range is missing, misdirected or mis-cached
+  {EXIT_USAGE}  usage error (bad option or argument)
+  {EXIT_DATA}  input is not usable: not a kernel dump, truncated, flattened, bad ranges file
+  {EXIT_NOINPUT}  input not found (dump, vmlinux, ranges file, /proc/kcore)
+  {EXIT_DEBUGINFO}  debug info missing, or its build-id does not match the kernel
+  {EXIT_SOFTWARE}  internal error (a bug: rerun with --debug and report it)
+  {EXIT_PERMISSION}  permission denied (reading /proc/kcore needs root + CAP_SYS_RAWIO)
+"""
+_KIND_EXIT = {"noinput": EXIT_NOINPUT, "data": EXIT_DATA, "debuginfo": EXIT_DEBUGINFO,
+              "permission": EXIT_PERMISSION}
+
+
+class UsageError(Exception):
+    """Bad command line; argparse's own exit code 2 would collide with CRITICAL."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--vmcore", metavar="PATH", help="crash dump: ELF (/proc/vmcore, QEMU) "
+                   "or kdump-compressed (makedumpfile)")
+    g.add_argument("--live", action="store_true", help="the running kernel (/proc/kcore)")
+    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: "
+                   "/usr/lib/debug/boot/vmlinux-RELEASE and the other standard places)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mmrwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Check that firmware-critical MMIO ranges (SGI/HPE UV MMRs, EFI "
+                            "runtime regions, ranges you configure) are mapped in both "
+                            "efi_mm and init_mm, in a vmcore or the running kernel.",
+                epilog=EXIT_CODES)
+    p.add_argument("--version", action="version", version=f"mmrwatch {mmrwatch.__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    r = sub.add_parser("report", help="check every range and print a report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+    _add_target(r)
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--ranges", metavar="FILE", type=Path,
+                   help="extra ranges to check (TOML, see README)")
+    r.add_argument("-v", "--verbose", action="store_true", help="show extents of OK ranges")
+    d = sub.add_parser("ptdump", help="print a page table like /sys/kernel/debug/page_tables/*",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+    _add_target(d)
+    d.add_argument("--mm", choices=("kernel", "efi"), default="kernel",
+                   help="kernel = init_mm, efi = efi_mm (default kernel)")
+    return p
+
+
+def _open(args: argparse.Namespace):
+    from mmrwatch.collectors import target
+    if args.live:
+        return target.open_live(args.vmlinux)
+    return target.open_vmcore(args.vmcore, args.vmlinux)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmrwatch.agent import report
+    from mmrwatch.collectors import engine
+    sources = engine.default_sources(args.ranges)   # validates the file before opening
+    res = engine.run_check(_open(args), sources)
+    sys.stdout.write(report.as_json(res) if args.format == "json"
+                     else report.text(res, args.verbose))
+    return report.exit_status(res)
+
+
+def cmd_ptdump(args: argparse.Namespace) -> int:
+    from mmrwatch.collectors import kernel, mm, ptdump
+    t = _open(args)
+    facts = kernel.read_facts(t.prog)
+    space = mm.address_spaces(t.prog, facts)[mm.MM_ALIASES[args.mm]]
+    if not space.has_table:
+        print(f"mmrwatch: {space.name} has no page table: {space.reason}", file=sys.stderr)
+        return EXIT_OK
+    walker = kernel.make_walker(t.prog, facts)
+    lines = ptdump.render(walker, space.root_pa, ptdump.kernel_markers(t.prog, facts))
+    sys.stdout.write("\n".join(lines) + "\n")
+    for e in walker.errors:
+        print(f"mmrwatch: page-table error: {e}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from mmrwatch.collectors.target import TargetError
+    from mmrwatch.collectors.userranges import RangesError
+    parser = build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        return {"report": cmd_report, "ptdump": cmd_ptdump}[args.cmd](args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        print("Try 'mmrwatch --help'.", file=sys.stderr)
+        return EXIT_USAGE
+    except TargetError as e:
+        print(f"mmrwatch: {e}", file=sys.stderr)
+        return _KIND_EXIT[e.kind]
+    except RangesError as e:
+        print(f"mmrwatch: {e}", file=sys.stderr)
+        return EXIT_NOINPUT if "cannot read" in str(e) and "No such file" in str(e) else EXIT_DATA
+    except KeyboardInterrupt:
+        print("mmrwatch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: one line unless asked
+        if debug:
+            raise
+        print(f"mmrwatch: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+              " (rerun with --debug)", file=sys.stderr)
+        return EXIT_SOFTWARE

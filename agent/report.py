@@ -1,0 +1,162 @@
+"""Turn a ``CheckResult`` into the report formats: text (verdict first) and JSON.
+
+JSON (``schema_version`` 1) is documented in ``docs/report-json.md``; addresses are strings
+``"0x..."`` because many exceed JSON's exact-integer range, byte counts are integers.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mmrwatch
+from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
+from mmrwatch.collectors.engine import CheckResult
+from mmrwatch.collectors.mm import EFI_MM, INIT_MM
+from mmrwatch.collectors.x86 import perm_string
+
+SCHEMA_VERSION = 1
+
+
+def _hex(v: int | None) -> str | None:
+    if v is None:
+        return None
+    return f"-0x{-v:x}" if v < 0 else f"0x{v:x}"   # phys_base may be negative
+
+
+def _size(n: int) -> str:
+    for unit, sh in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << sh and n % (1 << sh) == 0:
+            return f"{n >> sh} {unit}"
+    return f"{n} B" if n < 1 << 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def verdict_line(res: CheckResult) -> str:
+    """One sentence an SRE can act on."""
+    problems = [f for f in res.findings if f.problem]
+    if not problems:
+        n = len(res.ranges)
+        return f"OK: {n} range{'s' if n != 1 else ''} checked, every required mapping present"
+    crit = [f for f in problems if f.severity == CRITICAL]
+    head = "CRITICAL" if crit else "WARNING"
+    first = (crit or problems)[0]
+    more = len(problems) - 1
+    return (f"{head}: {first.range.label} ({_hex(first.range.phys)}, {_size(first.range.size)}) "
+            f"{first.message}" + (f"; and {more} more problem{'s' if more > 1 else ''}"
+                                  if more else ""))
+
+
+def _finding_line(f: Finding, res: CheckResult) -> str:
+    modes = "/".join(f.cache_modes) or "-"
+    pages = "/".join(_size(p).replace(" ", "") for p in f.page_sizes) or "-"
+    return (f"    {f.mm:<8} {f.exp.rule:<8} {f.severity.upper():<8} {f.status:<11} "
+            f"mapped {_size(f.mapped_bytes):>8}  missing {_size(f.missing_bytes):>8}  "
+            f"cache {modes:<6} pages {pages:<8} {f.message}")
+
+
+def text(res: CheckResult, verbose: bool = False) -> str:
+    """The human report: verdict, kernel identity, address spaces, ranges, errors."""
+    k, t = res.facts, res.target
+    out = [f"mmrwatch {mmrwatch.__version__} report", "",
+           f"VERDICT  {verdict_line(res)}", "",
+           "Kernel",
+           f"  release        {k.release}",
+           f"  build-id       {t.build_id or 'not recorded in the dump'}",
+           f"  target         {t.path} ({t.fmt}{', live' if t.live else ''})",
+           f"  debug info     {t.vmlinux}",
+           f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
+           f"KASLR offset {_hex(k.kaslr_offset)}",
+           f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
+           f" {list(k.cache.table)}", "", "Address spaces"]
+    for name in (INIT_MM, EFI_MM):
+        s = res.spaces[name]
+        detail = (f"root PA {_hex(s.root_pa)} (from {s.source})" if s.has_table
+                  else f"no page table: {s.reason}")
+        out.append(f"  {name:<8} {detail}")
+    out += ["", f"Ranges ({len(res.ranges)})"]
+    by_range: dict[int, list[Finding]] = {}
+    for f in res.findings:
+        by_range.setdefault(id(f.range), []).append(f)
+    for r in res.ranges:
+        attrs = " ".join(f"{a}={v}" for a, v in r.attrs)
+        out.append(f"  {r.label}  PA {_hex(r.phys)}-{_hex(r.end)} ({_size(r.size)}), "
+                   f"source {r.source}{', ' + attrs if attrs else ''}")
+        for f in by_range.get(id(r), []):
+            out.append(_finding_line(f, res))
+            if verbose or f.severity != OK:
+                for e in f.extents[:8]:
+                    out.append(f"        VA {_hex(e.va)} -> PA {_hex(e.pa)} {_size(e.size)} "
+                               f"{_size(e.page_size).replace(' ', '')} pages "
+                               f"{res.facts.cache.mode(e.val, e.level)} {perm_string(e.eff)}")
+                if len(f.extents) > 8:
+                    out.append(f"        ... {len(f.extents) - 8} more extents")
+    if res.walk_errors:
+        out += ["", f"Page-table errors ({len(res.walk_errors)})"]
+        out += [f"  {e}" for e in res.walk_errors[:50]]
+    if res.notes:
+        out += ["", "Notes"] + [f"  {n}" for n in res.notes]
+    out += ["", f"checked in {res.seconds:.2f} s, {res.table_reads} table pages read"]
+    return "\n".join(out) + "\n"
+
+
+def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
+    e = f.exp
+    return {
+        "mm": e.mm, "rule": e.rule, "va": _hex(e.va), "required": e.required,
+        "cache_required": sorted(e.cache) if e.cache is not None else None,
+        "writable_required": e.writable, "executable_required": e.executable,
+        "why": e.why, "status": f.status, "severity": f.severity, "message": f.message,
+        "mapped_bytes": f.mapped_bytes, "missing_bytes": f.missing_bytes,
+        "misdirected_bytes": f.misdirected_bytes, "wrong_cache_bytes": f.wrong_cache_bytes,
+        "wrong_perm_bytes": f.wrong_perm_bytes, "cache_modes": f.cache_modes,
+        "page_sizes": f.page_sizes,
+        "extents": [{"va": _hex(x.va), "pa": _hex(x.pa), "size": x.size,
+                     "page_size": x.page_size, "cache_mode": res.facts.cache.mode(x.val, x.level),
+                     "writable": bool(x.eff & 2), "executable": not x.eff >> 63,
+                     "user": bool(x.eff & 4)} for x in f.extents],
+    }
+
+
+def as_dict(res: CheckResult) -> dict[str, Any]:
+    """The versioned JSON document."""
+    k, t = res.facts, res.target
+    by_range: dict[int, list[Finding]] = {}
+    for f in res.findings:
+        by_range.setdefault(id(f.range), []).append(f)
+    counts = {s: 0 for s in SEVERITY_ORDER}
+    for f in res.findings:
+        counts[f.severity] += 1
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "mmrwatch", "version": mmrwatch.__version__},
+        "verdict": res.verdict,
+        "verdict_text": verdict_line(res),
+        "target": {"path": t.path, "format": t.fmt, "live": t.live, "vmlinux": t.vmlinux,
+                   "build_id": t.build_id},
+        "kernel": {"release": k.release, "paging_levels": k.levels,
+                   "page_offset_base": _hex(k.page_offset_base),
+                   "kaslr_offset": _hex(k.kaslr_offset), "phys_base": _hex(k.phys_base),
+                   "sme_me_mask": _hex(k.sme_me_mask),
+                   "cache_modes_from_kernel": k.cache.from_kernel},
+        "address_spaces": {n: {"state": s.state, "root_pa": _hex(s.root_pa),
+                               "source": s.source, "reason": s.reason or None}
+                           for n, s in res.spaces.items()},
+        "summary": {"ranges": len(res.ranges), "findings": counts},
+        "ranges": [{"name": r.name, "blade": r.blade, "source": r.source, "kind": r.kind,
+                    "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,
+                    "attrs": dict(r.attrs),
+                    "expectations": [_finding_json(f, res) for f in by_range.get(id(r), [])]}
+                   for r in res.ranges],
+        "walk_errors": [{"level": e.level, "va": _hex(e.va), "table_pa": _hex(e.table_pa),
+                         "message": e.message} for e in res.walk_errors],
+        "notes": res.notes,
+        "stats": {"seconds": round(res.seconds, 4), "table_reads": res.table_reads},
+    }
+
+
+def as_json(res: CheckResult) -> str:
+    return json.dumps(as_dict(res), indent=2) + "\n"
+
+
+def exit_status(res: CheckResult) -> int:
+    """0 nothing wrong, 1 warnings only, 2 critical findings."""
+    return {OK: 0, "info": 0, WARNING: 1, CRITICAL: 2}[res.verdict]

@@ -1,0 +1,170 @@
+"""Hold every range against every address space it is expected in; produce findings.
+
+For each expectation: one targeted walk of ``[va, va + size)`` in that mm, then byte
+accounting: mapped at the right PA, mapped somewhere else (misdirected), missing, and of the
+mapped bytes those with the wrong cache mode or permissions.  A missing direct-map range in
+efi_mm whose top-level slot simply has not been re-copied from init_mm since the mapping was
+made is the known "stale window" (no EFI call since): a warning, not the 2016 failure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import x86
+from .kernel import KernelFacts
+from .mm import EFI_MM, INIT_MM, AddressSpace
+from .pagetable import Extent, Walker, extents
+from .ranges import Expectation, Range
+
+OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
+SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
+
+
+@dataclass
+class Finding:
+    """What one address space does with one range, against one expectation."""
+
+    range: Range
+    exp: Expectation
+    status: str                    # ok | missing | partial | misdirected | wrong-cache |
+    severity: str                  # wrong-perm | stale | skipped | unreadable
+    message: str
+    mapped_bytes: int = 0
+    missing_bytes: int = 0
+    misdirected_bytes: int = 0
+    wrong_cache_bytes: int = 0
+    wrong_perm_bytes: int = 0
+    extents: list[Extent] = field(default_factory=list)
+    cache_modes: list[str] = field(default_factory=list)
+    page_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def mm(self) -> str:
+        return self.exp.mm
+
+    @property
+    def problem(self) -> bool:
+        return SEVERITY_ORDER[self.severity] >= SEVERITY_ORDER[WARNING]
+
+
+def worst(severities) -> str:
+    """The most severe of ``severities`` (ok when empty)."""
+    return max(severities, key=SEVERITY_ORDER.__getitem__, default=OK)
+
+
+class Checker:
+    """Checks ranges against address spaces, sharing one table cache across all walks."""
+
+    def __init__(self, facts: KernelFacts, spaces: dict[str, AddressSpace], walker: Walker):
+        self.facts, self.spaces, self.walker = facts, spaces, walker
+
+    def check(self, ranges: list[Range]) -> list[Finding]:
+        return [self.check_one(r, e) for r in ranges for e in r.expectations]
+
+    def check_one(self, rng: Range, exp: Expectation) -> Finding:
+        space = self.spaces[exp.mm]
+        if not space.has_table:
+            return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
+                           missing_bytes=rng.size)
+        nerr = len(self.walker.errors)
+        exts = _clip(extents(self.walker, space.root_pa, exp.va, exp.va + rng.size),
+                     exp.va, rng.size)
+        f = self._account(rng, exp, exts)
+        if len(self.walker.errors) > nerr and f.missing_bytes:
+            f.status, f.severity = "unreadable", CRITICAL if exp.required else INFO
+            f.message = f"page tables unreadable: {self.walker.errors[nerr]}"
+            return f
+        self._judge(f)
+        return f
+
+    def _account(self, rng: Range, exp: Expectation, exts: list[Extent]) -> Finding:
+        f = Finding(rng, exp, "ok", OK, "", extents=exts)
+        modes, sizes = set(), set()
+        for e in exts:
+            want_pa = rng.phys + (e.va - exp.va)
+            if e.pa != want_pa:
+                f.misdirected_bytes += e.size
+                continue
+            f.mapped_bytes += e.size
+            mode = self.facts.cache.mode(e.val, e.level)
+            modes.add(mode)
+            sizes.add(e.page_size)
+            if exp.cache is not None and mode not in exp.cache:
+                f.wrong_cache_bytes += e.size
+            if (exp.writable is not None and bool(e.eff & x86.RW) != exp.writable) or \
+               (exp.executable is not None and (not e.eff & x86.NX) != exp.executable):
+                f.wrong_perm_bytes += e.size
+        f.missing_bytes = rng.size - f.mapped_bytes - f.misdirected_bytes
+        f.cache_modes, f.page_sizes = sorted(modes), sorted(sizes)
+        return f
+
+    def _judge(self, f: Finding) -> None:
+        exp, rng = f.exp, f.range
+        bad = CRITICAL if exp.required else INFO
+        where = f"{exp.mm} at the {exp.rule} VA"
+        if f.missing_bytes == rng.size:
+            f.status, f.severity = "missing", bad
+            f.message = f"not mapped in {where}"
+            self._maybe_stale(f)
+        elif f.missing_bytes:
+            f.status, f.severity = "partial", bad
+            f.message = f"{_b(f.missing_bytes)} of {_b(rng.size)} not mapped in {where}"
+            self._maybe_stale(f)
+        elif f.misdirected_bytes:
+            f.status, f.severity = "misdirected", bad
+            f.message = f"{_b(f.misdirected_bytes)} mapped in {where} to other physical pages"
+        elif f.wrong_cache_bytes:
+            f.status, f.severity = "wrong-cache", bad
+            f.message = (f"{_b(f.wrong_cache_bytes)} mapped {'/'.join(f.cache_modes)}, "
+                         f"needs {'/'.join(sorted(exp.cache or ()))}")
+        elif f.wrong_perm_bytes:
+            f.status, f.severity = "wrong-perm", WARNING if exp.required else INFO
+            f.message = f"{_b(f.wrong_perm_bytes)} mapped with the wrong permissions"
+        else:
+            f.message = f"mapped in {where} ({'/'.join(f.cache_modes)})"
+        if f.misdirected_bytes and f.status in ("missing", "partial"):
+            f.message += f"; {_b(f.misdirected_bytes)} point at other physical pages"
+
+    def _maybe_stale(self, f: Finding) -> None:
+        """Downgrade to a warning when efi_mm only lacks a not-yet-copied kernel-half slot."""
+        exp = f.exp
+        if exp.mm != EFI_MM or exp.shared_from != INIT_MM or not f.exp.required:
+            return
+        init, efi = self.spaces[INIT_MM], self.spaces[EFI_MM]
+        if not init.has_table:
+            return
+        init_exts = _clip(extents(self.walker, init.root_pa, exp.va, exp.va + f.range.size),
+                          exp.va, f.range.size)
+        if not init_exts:
+            return
+        if self._top_entry(init.root_pa, exp.va) != self._top_entry(efi.root_pa, exp.va):
+            f.status, f.severity = "stale", WARNING
+            f.message = ("kernel-half slot present in init_mm but not yet copied into efi_mm "
+                         "(no EFI call since the mapping was made)")
+
+    def _top_entry(self, root_pa: int, va: int) -> Optional[int]:
+        bits = 48 if self.facts.levels == 5 else 39
+        try:
+            table = self.walker.reader.table(root_pa)
+        except Exception:
+            return None
+        return 0 if table is None else table[(va >> bits) & 511]
+
+
+def _clip(exts, va: int, size: int) -> list[Extent]:
+    """Extents cut to ``[va, va + size)`` (a 2 MiB leaf may start before a 4 KiB range)."""
+    out = []
+    for e in exts:
+        lo, hi = max(e.va, va), min(e.va + e.size, va + size)
+        if lo < hi:
+            out.append(Extent(lo, e.pa + (lo - e.va), hi - lo, e.level, e.val, e.eff))
+    return out
+
+
+def _b(n: int) -> str:
+    """Human size: exact binary unit where possible."""
+    for unit, sh in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << sh and n % (1 << sh) == 0:
+            return f"{n >> sh} {unit}"
+    return f"{n} B"

@@ -1,0 +1,121 @@
+"""EFI runtime regions from the kernel's copy of the EFI memory map.
+
+Every descriptor with ``EFI_MEMORY_RUNTIME`` is mapped by x86's ``efi_map_region()`` into
+efi_mm twice: 1:1 (VA == PA, "catch-all for b0rked firmware") and at ``md->virt_addr`` in the
+EFI window; ``PCD`` (UC-) when the descriptor lacks ``EFI_MEMORY_WB``.  The kernel's own
+direct map is *not* expected to cover them (they are E820-reserved), so init_mm is only
+observed: that observation is exactly the 2016 question for MMIO firmware also uses.
+``efi=debug`` keeps the whole map, so the RUNTIME bit is what selects, never the type.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+
+from .kernel import KernelFacts, lookup
+from .mm import EFI_MM, INIT_MM, efi_flags
+from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
+
+EFI_MEMORY_WB = 1 << 3
+EFI_MEMORY_XP = 1 << 14
+EFI_MEMORY_RUNTIME = 1 << 63
+EFI_MEM_ATTR_FLAG = 10   # efi.flags bit: firmware published a Memory Attributes table
+TYPE_NAMES = ("Reserved", "LoaderCode", "LoaderData", "BootServicesCode", "BootServicesData",
+              "RuntimeServicesCode", "RuntimeServicesData", "Conventional", "Unusable",
+              "ACPIReclaim", "ACPINVS", "MMIO", "MMIOPortSpace", "PALCode", "Persistent")
+RUNTIME_CODE = 5
+_DESC = struct.Struct("<IIQQQQ")   # efi_memory_desc_t: type, pad, phys, virt, num_pages, attr
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """One ``efi_memory_desc_t``."""
+
+    type: int
+    phys: int
+    virt: int
+    pages: int
+    attribute: int
+
+    @property
+    def size(self) -> int:
+        return self.pages << 12
+
+    @property
+    def type_name(self) -> str:
+        return TYPE_NAMES[self.type] if self.type < len(TYPE_NAMES) else f"type{self.type}"
+
+    @property
+    def runtime(self) -> bool:
+        return bool(self.attribute & EFI_MEMORY_RUNTIME)
+
+
+def _memmap_object(prog: drgn.Program) -> Optional[drgn.Object]:
+    """``efi.memmap`` (v4.7+) or the older global ``memmap`` (v4.6)."""
+    efi = lookup(prog, "efi")
+    if efi is not None:
+        try:
+            return efi.memmap
+        except (LookupError, AttributeError):
+            pass
+    return lookup(prog, "memmap")
+
+
+def read_memmap(prog: drgn.Program) -> list[Descriptor]:
+    """All descriptors of the kernel's EFI memory map (empty when there is none).
+
+    The map is read through its kernel mapping (``memremap``'d late, v4.9+) and, when that
+    mapping is gone (early-boot map of v4.6-4.8), through its physical address.
+    """
+    mm = _memmap_object(prog)
+    if mm is None:
+        return []
+    n, dsize = int(mm.nr_map), int(mm.desc_size)
+    if n <= 0 or dsize < _DESC.size or n > 65536:
+        return []
+    try:
+        raw = prog.read(mm.map.value_(), n * dsize)
+    except drgn.FaultError:
+        raw = prog.read(mm.phys_map.value_(), n * dsize, True)
+    return [Descriptor(t, pa, va, np, attr) for t, _, pa, va, np, attr in
+            (_DESC.unpack_from(raw, i * dsize) for i in range(n))]
+
+
+def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
+                   descs: Optional[list[Descriptor]] = None) -> list[Range]:
+    """One ``Range`` per runtime descriptor, with x86's efi_mm expectations."""
+    if descs is None:
+        descs = read_memmap(prog)
+    flags = efi_flags(prog) or 0
+    mem_attr = bool(flags & (1 << EFI_MEM_ATTR_FLAG))
+    out = []
+    for i, d in enumerate(x for x in descs if x.runtime):
+        cache = frozenset({"WB"}) if d.attribute & EFI_MEMORY_WB else frozenset({"UC-", "UC"})
+        # Runtime code must stay executable for the firmware, unless a Memory Attributes
+        # table splits it into RX text and NX data (then per-page NX is by design).
+        exe = True if d.type == RUNTIME_CODE and not mem_attr and not d.attribute & EFI_MEMORY_XP \
+            else None
+        exps = [Expectation(EFI_MM, IDENTITY, va_for(IDENTITY, d.phys, facts), cache,
+                            executable=exe, why="efi_map_region() maps every runtime region 1:1")]
+        if d.virt and d.virt != d.phys:
+            exps.append(Expectation(EFI_MM, EFI_VA, d.virt, cache, executable=exe,
+                                    why="SetVirtualAddressMap() moved the firmware here"))
+        exps.append(Expectation(INIT_MM, DIRECT, va_for(DIRECT, d.phys, facts), None,
+                                required=False,
+                                why="observed only: the kernel need not map firmware regions"))
+        attrs = (("type", d.type_name), ("attribute", f"0x{d.attribute:016x}"),
+                 ("efi_va", f"0x{d.virt:x}"))
+        out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size, "efi-memmap", d.type_name,
+                         None, attrs, tuple(exps)))
+    return out
+
+
+def efi_va_of(descs: list[Descriptor], phys: int) -> Optional[int]:
+    """The EFI virtual address of ``phys`` when a runtime descriptor covers it."""
+    for d in descs:
+        if d.runtime and d.phys <= phys < d.phys + d.size and d.virt:
+            return d.virt + (phys - d.phys)
+    return None

@@ -1,0 +1,102 @@
+"""One check, end to end: target -> address spaces -> ranges -> walk -> findings.
+
+Range *sources* are plain callables ``source(ctx) -> list[Range]``; the EFI memory map and
+the user's ranges file are two of them, the UV hub discovery plugs in the same way.  One
+``TableReader`` serves every walk of a check, so tables shared between efi_mm and init_mm
+are read once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import drgn
+
+from . import efi, userranges
+from .check import Checker, Finding, worst
+from .kernel import KernelFacts, make_walker, read_facts
+from .mm import AddressSpace, address_spaces
+from .pagetable import WalkError
+from .ranges import Range
+from .target import Target
+
+
+@dataclass
+class Context:
+    """What range sources may look at."""
+
+    prog: drgn.Program
+    facts: KernelFacts
+    spaces: dict[str, AddressSpace]
+    efi_descs: list[efi.Descriptor]
+    notes: list[str] = field(default_factory=list)
+
+
+RangeSource = Callable[[Context], list[Range]]
+
+
+@dataclass
+class CheckResult:
+    """Everything a report or an exporter needs from one check."""
+
+    target: Target
+    facts: KernelFacts
+    spaces: dict[str, AddressSpace]
+    ranges: list[Range]
+    findings: list[Finding]
+    walk_errors: list[WalkError]
+    notes: list[str]
+    efi_descs: list[efi.Descriptor]
+    seconds: float
+    table_reads: int
+
+    @property
+    def verdict(self) -> str:
+        return worst(f.severity for f in self.findings)
+
+
+def efi_source(ctx: Context) -> list[Range]:
+    """EFI runtime regions from ``efi.memmap``."""
+    return efi.runtime_ranges(ctx.prog, ctx.facts, ctx.efi_descs)
+
+
+def file_source(path: Path) -> RangeSource:
+    """Ranges from a TOML file, validated now (before any kernel is opened)."""
+    specs = userranges.load(path)
+
+    def source(ctx: Context) -> list[Range]:
+        return userranges.to_ranges(specs, ctx.facts,
+                                    lambda pa: efi.efi_va_of(ctx.efi_descs, pa))
+    return source
+
+
+def default_sources(ranges_file: Optional[Path] = None) -> list[RangeSource]:
+    """The sources a plain ``mmrwatch report`` uses."""
+    sources: list[RangeSource] = [efi_source]
+    if ranges_file is not None:
+        sources.append(file_source(ranges_file))
+    return sources
+
+
+def context(target: Target) -> Context:
+    """Kernel facts, address spaces and the EFI map of one target."""
+    prog = target.prog
+    facts = read_facts(prog)
+    spaces = address_spaces(prog, facts)
+    return Context(prog, facts, spaces, efi.read_memmap(prog))
+
+
+def run_check(target: Target, sources: list[RangeSource],
+              ctx: Optional[Context] = None) -> CheckResult:
+    """Collect every source's ranges and check them against both address spaces."""
+    t0 = time.monotonic()
+    ctx = ctx or context(target)
+    ranges: list[Range] = []
+    for src in sources:
+        ranges.extend(src(ctx))
+    walker = make_walker(ctx.prog, ctx.facts)
+    findings = Checker(ctx.facts, ctx.spaces, walker).check(ranges)
+    return CheckResult(target, ctx.facts, ctx.spaces, ranges, findings, list(walker.errors),
+                       ctx.notes, ctx.efi_descs, time.monotonic() - t0, walker.reader.reads)

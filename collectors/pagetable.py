@@ -1,0 +1,268 @@
+"""One x86-64 page-table walker for every consumer (checks, ptdump, reverse lookups).
+
+Modelled on the kernel's ``mm/pagewalk.c`` + ``mm/ptdump.c``: the walker visits a VA range
+of one table tree and reports *runs* to callbacks; what a consumer does with them (merge
+extents, print ptdump lines, check a range) is not the walker's business.
+
+Cost model (see ``tests/bench``): each table page is read once with one physical read and
+decoded in bulk (``array('Q')``); pages are cached for the life of the reader, so efi_mm's
+kernel half, which shares init_mm's lower tables, costs nothing the second time.  Runs of
+linear leaves (same flags, contiguous physical addresses) are coalesced inside a table, and
+a fully linear or empty table is recognised without a per-entry Python loop.
+
+Robustness: corrupt tables (a loop back to an ancestor, a pointer outside the dump, a PS
+bit where the architecture forbids it, a misaligned huge page) end that branch with a
+recorded ``WalkError``; the walk never raises for table contents and never loops forever.
+"""
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from . import x86
+from .x86 import NX, P, PMD, PSE, PTE, PUD, RW, US, ENTRIES
+
+ReadPhys = Callable[[int, int], bytes]
+LeafFn = Callable[[int, int, int, int, int], None]   # level, va, size, val, eff
+HoleFn = Callable[[int, int, int], None]              # level, va, size
+_ZERO = bytes(x86.PAGE_SIZE)
+# _TEMPL[level][k] = k * level_size: the shape of a linear table, built once.
+_TEMPL = {lvl: array("Q", (k * x86.level_size(lvl) for k in range(ENTRIES)))
+          for lvl in (PUD, PMD, PTE)}
+_LARGE_ALIGN = {PUD: (1 << 30) - 1, PMD: (1 << 21) - 1}
+
+
+class TableFault(Exception):
+    """A table page could not be read (outside the dump, or not RAM on a live kernel)."""
+
+
+@dataclass(frozen=True)
+class WalkError:
+    """Why one branch of a walk was abandoned."""
+
+    level: int
+    va: int
+    table_pa: int
+    message: str
+
+    def __str__(self) -> str:
+        return (f"{x86.LEVEL_NAMES[self.level]} entry for 0x{self.va:016x} "
+                f"(table at PA 0x{self.table_pa:x}): {self.message}")
+
+
+class TableReader:
+    """Reads and decodes table pages by physical address, caching them for one check.
+
+    The cache is bounded (oldest pages dropped first) so a full walk of a huge direct map
+    cannot grow memory without limit; shared upper-level tables stay hot regardless.
+    """
+
+    def __init__(self, read_phys: ReadPhys, limit: int = 8192) -> None:
+        self._read = read_phys
+        self._cache: dict[int, Optional[array]] = {}
+        self._limit = limit
+        self.reads = 0
+
+    def table(self, pa: int) -> Optional[array]:
+        """The 512 entries of the table at ``pa``; None for an all-zero page."""
+        try:
+            return self._cache[pa]
+        except KeyError:
+            pass
+        try:
+            raw = self._read(pa, x86.PAGE_SIZE)
+        except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...
+            raise TableFault(str(e).split("\n")[0]) from None
+        self.reads += 1
+        arr = None if raw == _ZERO else array("Q", raw)
+        if len(self._cache) >= self._limit:
+            del self._cache[next(iter(self._cache))]
+        self._cache[pa] = arr
+        return arr
+
+
+def _eff(prev: int, val: int, first: bool) -> int:
+    """Effective protection after this level, as ``effective_prot()`` in dump_pagetables.c."""
+    prot = val & x86.PTE_FLAGS_MASK
+    if first:
+        return prot
+    return (prev & prot & (US | RW)) | ((prev | prot) & NX)
+
+
+class Walker:
+    """Walks one x86-64 table tree over a VA range, reporting leaf and hole runs."""
+
+    def __init__(self, reader: TableReader, levels: int, phys_mask: int,
+                 max_tables: int = 1 << 21) -> None:
+        if levels not in (4, 5):
+            raise ValueError(f"unsupported paging depth {levels}")
+        self.reader = reader
+        self.levels = levels
+        self.phys_mask = phys_mask
+        self.max_tables = max_tables
+        self.errors: list[WalkError] = []
+        self._bits = 57 if levels == 5 else 48
+        self._budget = max_tables
+
+    # -- public API --------------------------------------------------------------------
+    def walk(self, root_pa: int, start: int, end: int, on_leaf: LeafFn,
+             on_hole: Optional[HoleFn] = None) -> None:
+        """Visit ``[start, end)`` (canonical VAs within one half; ``end`` may be 2**64).
+
+        ``on_leaf(level, va, size, val, eff)`` gets runs of leaves whose entries differ only
+        by a contiguous physical address (``val`` is the first entry, ``eff`` the effective
+        protection through the upper levels); ``on_hole(level, va, size)`` gets runs of empty
+        entries at the level where the tree ends, as the kernel's ``pte_hole`` does.
+        """
+        mask = (1 << self._bits) - 1
+        lo, hi = start & mask, ((end - 1) & mask) + 1
+        if hi <= lo:
+            raise ValueError("walk range crosses the non-canonical hole")
+        self._budget = self.max_tables
+        top = x86.top_level(self.levels)
+        self._table(top, root_pa, 0, lo, hi, 0, (root_pa,), on_leaf, on_hole)
+
+    def translate(self, root_pa: int, va: int) -> Optional[tuple[int, int, int]]:
+        """(pa, level, entry) mapping ``va``, or None when unmapped or unreadable."""
+        found: list[tuple[int, int, int]] = []
+
+        def leaf(level: int, lva: int, size: int, val: int, eff: int) -> None:
+            if val & P:
+                base = x86.entry_pa(val, level, self.phys_mask)
+                found.append((base + (va - lva), level, val + ((va - lva) & ~(x86.level_size(level) - 1))))
+
+        self.walk(root_pa, va, va + 1, leaf)
+        return found[0] if found else None
+
+    # -- the walk ------------------------------------------------------------------------
+    def _table(self, level: int, pa: int, base: int, lo: int, hi: int, eff: int,
+               path: tuple[int, ...], on_leaf: LeafFn, on_hole: Optional[HoleFn]) -> None:
+        shift = x86.level_shift(level)
+        size = 1 << shift
+        i0 = (lo - base) >> shift
+        i1 = min(ENTRIES - 1, (hi - 1 - base) >> shift)
+        self._budget -= 1
+        if self._budget < 0:
+            self._error(level, base + (i0 << shift), pa, "walk budget exhausted (table cycle?)")
+            return
+        try:
+            arr = self.reader.table(pa)
+        except TableFault as e:
+            self._error(level, base + (i0 << shift), pa, f"table unreadable: {e}")
+            return
+        canon = self._canon
+        if arr is None:
+            if on_hole:
+                on_hole(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift)
+            return
+        first = level == x86.top_level(self.levels)
+        leafy = level == PTE or level in _LARGE_ALIGN
+        if leafy and self._linear(arr, level, i0, i1, first, eff, base, on_leaf):
+            return
+        i = i0
+        while i <= i1:
+            val = arr[i]
+            va = base + (i << shift)
+            if not val:
+                j = i + 1
+                while j <= i1 and not arr[j]:
+                    j += 1
+                if on_hole:
+                    on_hole(level, canon(va), (j - i) << shift)
+                i = j
+                continue
+            is_leaf = level == PTE or (val & PSE and level in _LARGE_ALIGN)
+            if is_leaf:
+                j = i + 1
+                nxt = val + size
+                while j <= i1 and arr[j] == nxt:
+                    j += 1
+                    nxt += size
+                if level != PTE and (x86.entry_pa(val, level, (1 << 64) - 1)
+                                     != val & x86.PTE_PFN_MASK & ~x86.PAT_LARGE):
+                    self._error(level, canon(va), pa, f"misaligned huge page entry 0x{val:x}")
+                else:
+                    on_leaf(level, canon(va), (j - i) << shift, val, _eff(eff, val, first))
+                i = j
+                continue
+            i += 1
+            if not val & P:
+                if on_hole:
+                    on_hole(level, canon(va), size)
+                continue
+            if val & PSE and level < PUD:
+                self._error(level, canon(va), pa, f"PS bit set at {x86.LEVEL_NAMES[level]} (reserved)")
+                continue
+            child = x86.entry_pa(val, level, self.phys_mask)
+            if child in path:
+                self._error(level, canon(va), pa, f"table loop back to PA 0x{child:x}")
+                continue
+            clo, chi = max(lo, va), min(hi, va + size)
+            self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
+                        on_leaf, on_hole)
+
+    def _linear(self, arr: array, level: int, i0: int, i1: int, first: bool, eff: int,
+                base: int, on_leaf: LeafFn) -> bool:
+        """Report a slice of linear leaves in one call when the whole slice is linear."""
+        v0 = arr[i0]
+        if not v0 & P or (level != PTE and not v0 & PSE) or i1 == i0:
+            return False
+        tmpl = _TEMPL[level]
+        n = i1 - i0 + 1
+        if arr[i1] != v0 + tmpl[n - 1]:
+            return False
+        if arr[i0:i1 + 1] != array("Q", map(v0.__add__, tmpl[:n] if n < ENTRIES else tmpl)):
+            return False
+        if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
+            return False  # let the slow path report the misalignment
+        shift = x86.level_shift(level)
+        on_leaf(level, self._canon(base + (i0 << shift)), n << shift, v0, _eff(eff, v0, first))
+        return True
+
+    def _canon(self, u: int) -> int:
+        return x86.canonical(u, self.levels)
+
+    def _error(self, level: int, va: int, table_pa: int, msg: str) -> None:
+        self.errors.append(WalkError(level, va, table_pa, msg))
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A merged run of present leaves: contiguous VA and PA, same flags and page size."""
+
+    va: int
+    pa: int
+    size: int
+    level: int
+    val: int      # the first entry (flags are the same for the whole extent)
+    eff: int      # effective protection through upper levels
+
+    @property
+    def page_size(self) -> int:
+        return x86.level_size(self.level)
+
+    @property
+    def flags(self) -> int:
+        return self.val & x86.PTE_FLAGS_MASK & ~(x86.PAT_LARGE if self.level != PTE else 0)
+
+
+def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Extent]:
+    """Present leaves of ``[start, end)`` merged across tables into ``Extent`` records."""
+    out: list[Extent] = []
+    mask = walker.phys_mask
+
+    def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
+        if not val & P:
+            return
+        pa = x86.entry_pa(val, level, mask)
+        if out:
+            e = out[-1]
+            if (e.va + e.size == va and e.pa + e.size == pa and e.level == level
+                    and e.val & x86.PTE_FLAGS_MASK == val & x86.PTE_FLAGS_MASK and e.eff == eff):
+                out[-1] = Extent(e.va, e.pa, e.size + size, level, e.val, eff)
+                return
+        out.append(Extent(va, pa, size, level, val, eff))
+
+    walker.walk(root_pa, start, end, leaf)
+    return iter(out)

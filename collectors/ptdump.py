@@ -1,0 +1,155 @@
+"""Render a table tree exactly like the kernel's ``/sys/kernel/debug/page_tables/*``.
+
+This re-implements ``note_page()``/``printk_prot()`` of ``arch/x86/mm/dump_pagetables.c``
+(v5.6+ generic ptdump) on top of our walker, so engineers can ``diff`` our output against
+the kernel's own.  The walker reports coalesced runs; the kernel reports every entry.  The
+two print the same lines because a run has one set of flags, except where the kernel
+would notice a marker boundary at an entry inside a run: runs are split there, one entry
+at a time while a marker is pending, just as the kernel's per-entry calls would.
+
+Markers come from the kernel's own ``address_markers`` array when it is in memory (DWARF
+names the static), so randomised bases (KASLR) and config-dependent entries are exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+
+from . import x86
+from .kernel import EFI_VA_END, START_KERNEL_MAP, KernelFacts, lookup
+from .pagetable import Walker
+from .x86 import G, NX, P, PAT_4K, PAT_LARGE, PCD, PSE, PWT, RW, US
+
+_UNITS = "BKMGTPE"
+_END = 1 << 64
+
+
+@dataclass(frozen=True)
+class Marker:
+    start: int
+    name: Optional[str]
+    max_lines: int = 0
+
+
+def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
+    """The kernel's ``address_markers`` (exact), or a v6.1-shaped fallback."""
+    arr = lookup(prog, "address_markers")
+    if arr is not None:
+        out = []
+        for m in arr:
+            name = m.name.string_().decode() if m.name.value_() else None
+            out.append(Marker(m.start_address.value_(), name, int(m.max_lines)))
+        return out
+    l5 = facts.levels == 5
+    shift = 48 if l5 else 39
+    vals = {n: lookup(prog, n) for n in ("vmalloc_base", "vmemmap_base")}
+    return [
+        Marker(0, "User Space"), Marker(1 << 63, "Kernel Space"),
+        Marker((-(112 if l5 else 240) << shift) & (_END - 1), "LDT remap"),
+        Marker(facts.page_offset_base, "Low Kernel Mapping"),
+        Marker(vals["vmalloc_base"].value_() if vals["vmalloc_base"] is not None else 0,
+               "vmalloc() Area"),
+        Marker(vals["vmemmap_base"].value_() if vals["vmemmap_base"] is not None else 0,
+               "Vmemmap"),
+        Marker(0xFFFFFE0000000000, "CPU entry Area"),
+        Marker(0xFFFFFF0000000000, "ESPfix Area", 16),
+        Marker(EFI_VA_END, "EFI Runtime Services"),
+        Marker(START_KERNEL_MAP, "High Kernel Mapping"),
+        Marker(0xFFFFFFFFC0000000, "Modules"), Marker(0xFFFFFFFFFF000000, "End Modules"),
+        Marker(0xFFFFFFFFFF5FF000, "Fixmap Area"), Marker(_END - 1, None),
+    ]
+
+
+def walk_ranges(levels: int) -> list[tuple[int, int]]:
+    """The two ranges x86 ptdump walks: the user half, and past the guard hole."""
+    if levels == 5:
+        return [(0, 1 << 56), (0xFF10000000000000, _END)]
+    return [(0, 1 << 47), (0xFFFF880000000000, _END)]
+
+
+def prot_columns(pr: int, level: int) -> str:
+    """``printk_prot()``: fixed-width flag columns then the level name."""
+    if not pr & P:
+        return " " * 30 + x86.LEVEL_NAMES[level]
+    cols = ["USR " if pr & US else "    ", "RW " if pr & RW else "ro ",
+            "PWT " if pr & PWT else "    ", "PCD " if pr & PCD else "    ",
+            "PSE " if level <= 3 and pr & PSE else "    ",
+            "PAT " if (level == 4 and pr & PAT_4K) or (level in (2, 3) and pr & PAT_LARGE)
+            else "    ",
+            "GLB " if pr & G else "    ", "NX " if pr & NX else "x  "]
+    return "".join(cols) + x86.LEVEL_NAMES[level]
+
+
+class _State:
+    """``struct pg_state`` and ``note_page()``."""
+
+    def __init__(self, markers: list[Marker]) -> None:
+        self.markers = markers
+        self.mi = 0
+        self.level = -1
+        self.prot = self.eff = 0
+        self.start = 0
+        self.nlines = 0
+        self.out: list[str] = []
+
+    def next_marker(self) -> int:
+        return self.markers[self.mi + 1].start if self.mi + 1 < len(self.markers) else _END
+
+    def note(self, addr: int, level: int, val: int, eff: int) -> None:
+        new_prot = val & x86.PTE_FLAGS_MASK
+        new_eff = eff if val else 0
+        if self.level == -1:
+            self.prot, self.eff, self.level, self.mi, self.nlines = new_prot, new_eff, level, 0, 0
+            self.out.append(f"---[ {self.markers[0].name} ]---")
+            return
+        nm = self.next_marker()
+        if new_prot == self.prot and new_eff == self.eff and level == self.level and addr < nm:
+            return
+        m = self.markers[self.mi]
+        if not m.max_lines or self.nlines < m.max_lines:
+            delta, u = (addr - self.start) & (_END - 1), 0
+            while not delta & 1023 and u < len(_UNITS) - 1 and delta:
+                delta >>= 10
+                u += 1
+            self.out.append(f"0x{self.start:016x}-0x{addr:016x}   {delta:9d}{_UNITS[u]} "
+                            + prot_columns(self.prot, self.level))
+        self.nlines += 1
+        if addr >= nm:
+            if m.max_lines and self.nlines > m.max_lines:
+                skip = self.nlines - m.max_lines
+                self.out.append(f"... {skip} entr{'y' if skip == 1 else 'ies'} skipped ... ")
+            self.mi += 1
+            self.nlines = 0
+            self.out.append(f"---[ {self.markers[self.mi].name} ]---")
+        self.start, self.prot, self.eff, self.level = addr, new_prot, new_eff, level
+
+    def run(self, level: int, va: int, size: int, val: int, eff: int) -> None:
+        """A run of equal-flag entries: one note per entry only where a marker intervenes."""
+        esz = x86.level_size(level)
+        end = va + size
+        while va < end:
+            self.note(va, level, val, eff)
+            nm = self.next_marker()
+            nxt = va + esz
+            if nm > nxt:
+                # Nothing can change before the entry that reaches the pending marker.
+                nxt = max(nxt, min(end, (nm + esz - 1) // esz * esz))
+            va = nxt
+
+
+def render(walker: Walker, root_pa: int, markers: list[Marker]) -> list[str]:
+    """The kernel-format dump of the table tree at ``root_pa``."""
+    st = _State(markers)
+
+    def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
+        st.run(level, va, size, val, eff)
+
+    def hole(level: int, va: int, size: int) -> None:
+        st.run(level, va, size, 0, 0)
+
+    for lo, hi in walk_ranges(walker.levels):
+        walker.walk(root_pa, lo, hi, leaf, hole)
+    st.note(0, -1, 0, 0)   # "Flush out the last page"
+    return st.out

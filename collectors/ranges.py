@@ -1,0 +1,91 @@
+"""The range model: physical ranges and where each address space must map them.
+
+A *source* (EFI memory map, a user's TOML file, the UV hub discovery) turns kernel state
+into ``Range`` objects, each carrying its ``Expectation``s.  The checker only ever sees this
+model, so a new source plugs in without touching it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from .kernel import KernelFacts
+
+DIRECT, IDENTITY, EFI_VA = "direct", "identity", "efi_va"
+VA_RULES = (DIRECT, IDENTITY, EFI_VA)
+CACHE_ALIASES = {
+    "uncached": frozenset({"UC", "UC-"}),
+    "any": None,
+}
+CACHE_MODES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+
+
+def cache_set(spec: object) -> Optional[frozenset[str]]:
+    """Normalise a cache requirement: a mode, an alias, or a list of modes (None = any)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec in CACHE_ALIASES:
+            return CACHE_ALIASES[spec]
+        spec = [spec]
+    modes = frozenset(str(s) for s in spec)  # type: ignore[union-attr]
+    bad = sorted(modes - set(CACHE_MODES))
+    if bad:
+        raise ValueError(f"unknown cache mode {bad[0]!r} (use one of {', '.join(CACHE_MODES)}, "
+                         "uncached, any)")
+    return modes
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """"``mm`` must map the range at ``va`` (by ``rule``) with these attributes"."""
+
+    mm: str
+    rule: str
+    va: int
+    cache: Optional[frozenset[str]] = None
+    writable: Optional[bool] = None
+    executable: Optional[bool] = None
+    required: bool = True          # False: only observed (reported as info, never a failure)
+    shared_from: Optional[str] = None  # efi_mm sees this VA through init_mm's copied slots
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A physical range that firmware and/or kernel rely on."""
+
+    name: str
+    phys: int
+    size: int
+    source: str                    # "efi-memmap", "config", "uv"
+    kind: str = ""                 # e.g. "MMIO", "RuntimeServicesCode", "LOCAL_MMR"
+    blade: Optional[int] = None
+    attrs: tuple[tuple[str, str], ...] = ()
+    expectations: tuple[Expectation, ...] = field(default=())
+
+    @property
+    def end(self) -> int:
+        return self.phys + self.size
+
+    @property
+    def label(self) -> str:
+        return self.name if self.blade is None else f"{self.name}[blade {self.blade}]"
+
+
+def va_for(rule: str, phys: int, facts: KernelFacts, efi_va: Optional[int] = None) -> int:
+    """Where ``rule`` says ``phys`` is mapped: direct map, 1:1, or the firmware's EFI VA."""
+    if rule == DIRECT:
+        return facts.page_offset_base + phys
+    if rule == IDENTITY:
+        return phys
+    if rule == EFI_VA:
+        if efi_va is None:
+            raise ValueError("no EFI virtual address known for this range")
+        return efi_va
+    raise ValueError(f"unknown VA rule {rule!r} (use {', '.join(VA_RULES)})")
+
+
+def overlaps(a_start: int, a_size: int, ranges: Iterable[Range]) -> list[Range]:
+    """The ranges that share at least one byte with ``[a_start, a_start + a_size)``."""
+    return [r for r in ranges if r.phys < a_start + a_size and a_start < r.end]

@@ -1,0 +1,164 @@
+"""Kernels for the test bed: Debian 12's own, and a UV-enabled build of Debian's source.
+
+``debian_kernel()`` downloads the current ``linux-image-<abi>`` and its ``-dbg`` package with
+``apt-get download`` (nothing is installed on the host) and keeps only vmlinuz, vmlinux and the
+few modules the initramfs needs.  ``uv_kernel()`` builds ``linux-source-6.1`` with
+``x86_64_defconfig`` plus ``uv.config`` (CONFIG_X86_UV=y, which Debian's kernels lack).
+Both are cached under ``~/.cache/mmrwatch`` keyed by exact version.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import log, provide, run
+
+FRAGMENT = Path(__file__).with_name("uv.config")
+# Modules Debian builds as =m that the busybox guest needs (fw_cfg for vmcoreinfo, 9p, net).
+DEBIAN_MODULES = ["qemu_fw_cfg", "9p", "9pnet_virtio", "virtio_net", "virtio_console"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A bootable kernel and what drgn needs to read it."""
+
+    name: str            # "debian" or "uv"
+    release: str         # uname -r of the guest
+    bzimage: Path
+    vmlinux: Path
+    modules: Path | None  # directory holding lib/modules/<release> (Debian only)
+
+
+def _apt_version(pkg: str) -> str:
+    out = run(["apt-cache", "policy", pkg], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Candidate:"):
+            return line.split()[1]
+    raise RuntimeError(f"apt knows no candidate for {pkg}")
+
+
+def debian_abi() -> str:
+    """The ABI of the current Debian 12 kernel, e.g. ``6.1.0-56-amd64``."""
+    out = run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
+              text=True).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-") and line.endswith("-amd64"):
+            return line.split("linux-image-", 1)[1]
+    raise RuntimeError("cannot find the current Debian kernel ABI (apt-get update?)")
+
+
+def _build_debian(abi: str, out: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        t0 = time.monotonic()
+        log(f"downloading linux-image-{abi} and its -dbg package (~930 MB)")
+        run(["apt-get", "download", "-q", f"linux-image-{abi}", f"linux-image-{abi}-dbg"],
+            cwd=tmp, stdout=subprocess.DEVNULL)
+        img = glob.glob(f"{tmp}/linux-image-{abi}_*.deb")[0]
+        dbg = glob.glob(f"{tmp}/linux-image-{abi}-dbg_*.deb")[0]
+        kpkg = Path(tmp, "kpkg")
+        run(["dpkg-deb", "-x", img, str(kpkg)])
+        shutil.copy(kpkg / "boot" / f"vmlinuz-{abi}", out / "bzImage")
+        mods = out / "lib" / "modules" / abi
+        src = kpkg / "lib" / "modules" / abi
+        mods.mkdir(parents=True)
+        for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            if (src / f).exists():
+                shutil.copy(src / f, mods / f)
+        shutil.copytree(src / "kernel", mods / "kernel")
+        run(["depmod", "-b", str(out), abi])
+        log("extracting vmlinux from the -dbg package")
+        # vmlinux sits near the start of data.tar: stop after the first match (dpkg-deb then
+        # dies of SIGPIPE, which is expected; the file's presence is the real check).
+        subprocess.run(f"dpkg-deb --fsys-tarfile '{dbg}' | tar -x -C '{tmp}' --occurrence=1 "
+                       f"--wildcards './usr/lib/debug/boot/vmlinux-{abi}'", shell=True)
+        vml = Path(tmp, "usr/lib/debug/boot", f"vmlinux-{abi}")
+        if not vml.exists():
+            raise RuntimeError(f"vmlinux-{abi} not found in {dbg}")
+        shutil.move(str(vml), out / "vmlinux")
+        log(f"Debian kernel {abi} ready in {time.monotonic() - t0:.0f} s")
+
+
+def debian_kernel() -> Kernel:
+    """The current Debian 12 kernel image + vmlinux, downloaded once per ABI."""
+    abi = debian_abi()
+    d = provide(f"kernels/debian-{abi}", lambda out: _build_debian(abi, out))
+    return Kernel("debian", abi, d / "bzImage", d / "vmlinux", d)
+
+
+def uv_key() -> str:
+    """Cache key: source package version + hash of the config fragment and this recipe."""
+    h = hashlib.sha256(FRAGMENT.read_bytes())
+    h.update(b"recipe-1")
+    return f"{_apt_version('linux-source-6.1')}-{h.hexdigest()[:12]}"
+
+
+def _build_uv(out: Path) -> None:
+    tarball = Path("/usr/src/linux-source-6.1.tar.xz")
+    if not tarball.exists():
+        raise RuntimeError("linux-source-6.1 is not installed (apt-get install linux-source-6.1)")
+    work = out / "build"
+    t0 = time.monotonic()
+    log("extracting linux-source-6.1")
+    run(["tar", "-xf", str(tarball), "-C", str(out)])
+    src = out / "linux-source-6.1"
+    log("configuring: x86_64_defconfig + tests/bed/uv.config")
+    run(["make", "-s", "-C", str(src), f"O={work}", "x86_64_defconfig"], stdout=subprocess.DEVNULL)
+    cfg = work / ".config"
+    with open(cfg, "a") as fh:
+        fh.write(FRAGMENT.read_text())
+    run(["make", "-s", "-C", str(src), f"O={work}", "olddefconfig"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    _verify_config(cfg)
+    jobs = str((os.cpu_count() or 2) + 1)
+    log(f"building bzImage with -j{jobs} (about 14 min on 2 cores; output in {out}/build.log)")
+    with open(out / "build.log", "w") as logf:
+        run(["make", "-C", str(src), f"O={work}", f"-j{jobs}", "bzImage"],
+            stdout=logf, stderr=subprocess.STDOUT)
+    release = (work / "include/config/kernel.release").read_text().strip()
+    shutil.copy(work / "arch/x86/boot/bzImage", out / "bzImage")
+    shutil.copy(work / "vmlinux", out / "vmlinux")
+    shutil.copy(work / "System.map", out / "System.map")
+    shutil.copy(cfg, out / "config")
+    (out / "release").write_text(release + "\n")
+    shutil.rmtree(src)
+    shutil.rmtree(work)
+    log(f"UV kernel {release} built in {time.monotonic() - t0:.0f} s")
+
+
+def _verify_config(cfg: Path) -> None:
+    """Refuse a config where Kconfig silently dropped one of our `=y` requests."""
+    have = {}
+    for line in cfg.read_text().splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            k, v = line.split("=", 1)
+            have[k] = v
+    missing = []
+    for line in FRAGMENT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("CONFIG_") and line.endswith("=y"):
+            key = line.split("=", 1)[0]
+            if have.get(key) != "y":
+                missing.append(key)
+    if missing:
+        raise RuntimeError(f"Kconfig dropped requested options: {' '.join(missing)}")
+
+
+def uv_kernel() -> Kernel:
+    """The UV-enabled 6.1 kernel, built once per source version and fragment."""
+    d = provide(f"kernels/uv-{uv_key()}", _build_uv)
+    return Kernel("uv", (d / "release").read_text().strip(), d / "bzImage", d / "vmlinux", None)
+
+
+if __name__ == "__main__":
+    import sys
+    which = sys.argv[1] if len(sys.argv) > 1 else "uv"
+    k = uv_kernel() if which == "uv" else debian_kernel()
+    print(k)
