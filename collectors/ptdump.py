@@ -45,7 +45,7 @@ def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
     l5 = facts.levels == 5
     shift = 48 if l5 else 39
     vals = {n: lookup(prog, n) for n in ("vmalloc_base", "vmemmap_base")}
-    return [
+    markers = [
         Marker(0, "User Space"), Marker(1 << 63, "Kernel Space"),
         Marker((-(112 if l5 else 240) << shift) & (_END - 1), "LDT remap"),
         Marker(facts.page_offset_base, "Low Kernel Mapping"),
@@ -60,6 +60,8 @@ def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
         Marker(0xFFFFFFFFC0000000, "Modules"), Marker(0xFFFFFFFFFF000000, "End Modules"),
         Marker(0xFFFFFFFFFF5FF000, "Fixmap Area"), Marker(_END - 1, None),
     ]
+    # A base this kernel does not have (0) would reorder the markers: leave it out.
+    return [markers[0]] + [m for m in markers[1:] if m.start]
 
 
 def walk_ranges(levels: int) -> list[tuple[int, int]]:

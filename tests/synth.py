@@ -1,0 +1,189 @@
+"""Synthetic kernels for unit tests: real x86-64 page tables in a drgn mock ``Program``.
+
+``SynthKernel`` owns a bytearray of "RAM" at physical address 0, allocates table pages in
+it, and maps ranges exactly as the hardware format says (4/5 levels, 1 GiB / 2 MiB / 4 KiB
+leaves, PAT bits, shared kernel-half tables, or any raw corrupt entry a test wants).
+``program()`` turns it into a drgn Program flagged as a Linux kernel
+(``set_linux_kernel_custom``) whose object finder supplies ``init_mm``, ``efi_mm``, ``efi``,
+``page_offset_base`` and friends, so the collectors run on it unchanged.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+import drgn
+from drgn import FindObjectFlags, Object, Program, TypeMember
+
+from mmrwatch.collectors import x86
+from mmrwatch.collectors.kernel import START_KERNEL_MAP
+
+POB_L4 = 0xFFFF888000000000
+POB_L5 = 0xFF11000000000000
+KERNEL = x86.P | x86.RW | x86.A | x86.D | x86.NX        # PAGE_KERNEL-ish leaf flags
+TABLE = x86.P | x86.RW | x86.A | x86.D                  # _KERNPG_TABLE
+UC = x86.PCD | x86.PWT
+
+
+class SynthKernel:
+    """A kernel's page tables and the few globals mmrwatch reads, built by hand."""
+
+    def __init__(self, levels: int = 4, ram_mib: int = 64, pob: Optional[int] = None,
+                 cachemode_tbl: Optional[list[int]] = None, sme_me_mask: int = 0,
+                 efi_flags: int = 0b11001, release: str = "6.1.0-synthetic") -> None:
+        self.levels = levels
+        self.ram = bytearray(ram_mib << 20)
+        self.pob = pob if pob is not None else (POB_L5 if levels == 5 else POB_L4)
+        self.cachemode_tbl = cachemode_tbl
+        self.sme = sme_me_mask
+        self.efi_flags = efi_flags
+        self.release = release
+        self._next = 1 << 20               # table pages from 1 MiB upwards
+        self.init_root = self.alloc()
+        self.efi_root: Optional[int] = None
+        self.descs: list[tuple[int, int, int, int, int]] = []
+        self.memmap_pa: Optional[int] = None
+
+    # -- memory ------------------------------------------------------------------------------
+    def alloc(self) -> int:
+        pa = self._next
+        self._next += x86.PAGE_SIZE
+        if self._next > len(self.ram):
+            raise MemoryError("synthetic RAM exhausted")
+        return pa
+
+    def read_entry(self, table: int, idx: int) -> int:
+        return struct.unpack_from("<Q", self.ram, table + idx * 8)[0]
+
+    def write_entry(self, table: int, idx: int, val: int) -> None:
+        struct.pack_into("<Q", self.ram, table + idx * 8, val)
+
+    # -- tables ------------------------------------------------------------------------------
+    def _index(self, va: int, level: int) -> int:
+        return (va >> x86.level_shift(level)) & 511
+
+    def table_for(self, root: int, va: int, level: int, table_flags: int = TABLE) -> int:
+        """The table holding ``level`` entries for ``va``, creating upper tables as needed."""
+        t = root
+        for lvl in range(x86.top_level(self.levels), level):
+            idx = self._index(va, lvl)
+            e = self.read_entry(t, idx)
+            if not e & x86.P:
+                child = self.alloc()
+                self.write_entry(t, idx, child | table_flags | self.sme)
+                t = child
+            else:
+                if lvl >= x86.PUD and e & x86.PSE:
+                    raise ValueError(f"0x{va:x} already covered by a huge page")
+                t = e & x86.PTE_PFN_MASK & ~self.sme
+        return t
+
+    def map(self, root: int, va: int, pa: int, size: int, page: int = 4096,
+            flags: int = KERNEL, table_flags: int = TABLE) -> None:
+        """Map ``[va, va+size)`` -> ``pa`` with ``page``-sized leaves and leaf ``flags``.
+
+        ``flags`` uses 4 KiB bit positions; PAT (bit 7) moves to bit 12 on huge pages.
+        """
+        level = {1 << 30: x86.PUD, 1 << 21: x86.PMD, 4096: x86.PTE}[page]
+        assert va % page == 0 and pa % page == 0 and size % page == 0
+        for off in range(0, size, page):
+            f = flags
+            if level != x86.PTE:
+                f = (f & ~x86.PAT_4K) | (x86.PAT_LARGE if f & x86.PAT_4K else 0) | x86.PSE
+            t = self.table_for(root, va + off, level, table_flags)
+            self.write_entry(t, self._index(va + off, level), (pa + off) | f | self.sme)
+
+    def direct_map_ram(self, root: Optional[int] = None, page: int = 1 << 21) -> None:
+        """Map all synthetic RAM at ``page_offset_base`` (the kernel's direct map)."""
+        self.map(self.init_root if root is None else root, self.pob, 0,
+                 (len(self.ram) + page - 1) // page * page, page, KERNEL | x86.G)
+
+    def new_efi_root(self, share_kernel_half: bool = True) -> int:
+        """An efi_mm top-level table; with the kernel half's entries copied from init_mm."""
+        self.efi_root = self.alloc()
+        if share_kernel_half:
+            self.sync_kernel_half()
+        return self.efi_root
+
+    def sync_kernel_half(self) -> None:
+        """``efi_sync_low_kernel_mappings()``: copy init_mm's kernel-half top entries."""
+        assert self.efi_root is not None
+        for idx in range(256, 512):
+            v = self.read_entry(self.init_root, idx)
+            if v and not self.read_entry(self.efi_root, idx):
+                self.write_entry(self.efi_root, idx, v)
+
+    def add_efi_desc(self, typ: int, phys: int, virt: int, pages: int, attr: int) -> None:
+        self.descs.append((typ, phys, virt, pages, attr))
+
+    # -- the drgn program -----------------------------------------------------------------------
+    def vmcoreinfo(self) -> bytes:
+        root_va = START_KERNEL_MAP + self.init_root
+        return (f"OSRELEASE={self.release}\nPAGESIZE=4096\n"
+                f"SYMBOL(swapper_pg_dir)={root_va:x}\nNUMBER(phys_base)=0\n"
+                f"NUMBER(pgtable_l5_enabled)={1 if self.levels == 5 else 0}\n"
+                f"KERNELOFFSET=0\n").encode()
+
+    def program(self) -> Program:
+        """A drgn Program over this RAM, flagged as a Linux kernel, with our globals."""
+        if self.descs and self.memmap_pa is None:
+            self.memmap_pa = self.alloc()
+            for i, d in enumerate(self.descs):
+                struct.pack_into("<IIQQQQ", self.ram, self.memmap_pa + i * 48, d[0], 0, *d[1:])
+        prog = Program(drgn.Platform(drgn.Architecture.X86_64))
+        ram = self.ram
+        prog.add_memory_segment(0, len(ram), lambda a, n, off, phys: bytes(ram[off:off + n]),
+                                True)
+        prog.set_linux_kernel_custom(self.vmcoreinfo(), False)
+        types = _Types(prog)
+        objs = self._objects(prog, types)
+
+        def find_object(p, name, flags, filename):
+            return objs.get(name)
+
+        prog.register_object_finder("synth", find_object, enable_index=0)
+        return prog
+
+    def _objects(self, prog: Program, t: "_Types") -> dict[str, Object]:
+        objs = {
+            "init_mm": Object(prog, t.mm, value={"pgd": START_KERNEL_MAP + self.init_root}),
+            "efi_mm": Object(prog, t.mm, value={"pgd": self.pob + self.efi_root
+                                                if self.efi_root is not None else 0}),
+            "page_offset_base": Object(prog, t.ulong, self.pob),
+            "phys_base": Object(prog, t.ulong, 0),
+            "sme_me_mask": Object(prog, t.ulong, self.sme),
+            "efi": Object(prog, t.efi, value={
+                "flags": self.efi_flags,
+                "memmap": {"phys_map": self.memmap_pa or 0,
+                           "map": (self.pob + self.memmap_pa) if self.memmap_pa else 0,
+                           "map_end": (self.pob + self.memmap_pa + 48 * len(self.descs))
+                           if self.memmap_pa else 0,
+                           "nr_map": len(self.descs), "desc_version": 1, "desc_size": 48,
+                           "flags": 0}}),
+        }
+        if self.cachemode_tbl is not None:
+            objs["__pte2cachemode_tbl"] = Object(prog, prog.array_type(t.u8, 8),
+                                                 value=self.cachemode_tbl)
+        return objs
+
+
+class _Types:
+    """The handful of kernel types the collectors touch, built with drgn's type API."""
+
+    def __init__(self, prog: Program) -> None:
+        self.ulong = prog.int_type("unsigned long", 8, False)
+        self.int = prog.int_type("int", 4, True)
+        self.u8 = prog.int_type("unsigned char", 1, False)
+        pgd_t = prog.typedef_type("pgd_t", prog.struct_type(None, 8, (
+            TypeMember(prog.typedef_type("pgdval_t", self.ulong), "pgd", 0),)))
+        self.mm = prog.struct_type("mm_struct", 16, (
+            TypeMember(self.ulong, "mmap_base", 0),
+            TypeMember(prog.pointer_type(pgd_t), "pgd", 64)))
+        void_p = prog.pointer_type(prog.void_type())
+        self.memmap = prog.struct_type("efi_memory_map", 56, (
+            TypeMember(self.ulong, "phys_map", 0), TypeMember(void_p, "map", 64),
+            TypeMember(void_p, "map_end", 128), TypeMember(self.int, "nr_map", 192),
+            TypeMember(self.ulong, "desc_version", 256), TypeMember(self.ulong, "desc_size", 320),
+            TypeMember(self.ulong, "flags", 384)))
+        self.efi = prog.struct_type("efi", 64, (
+            TypeMember(self.memmap, "memmap", 0), TypeMember(self.ulong, "flags", 448)))
