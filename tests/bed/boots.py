@@ -1,0 +1,115 @@
+"""Named boots of the test bed, each producing dumps (and ground truth) once per session.
+
+A test asks for ``session.boot("debian-l4-efidebug")`` and gets a ``BootResult`` with the
+dump paths; the guest is booted, captured and stopped at most once per pytest session no
+matter how many tests use it.  UV-kernel boots also capture the kernel's own ptdump output
+(``/sys/kernel/debug/page_tables/{kernel,efi}``) right before the dump, with the guest
+paused between capture and dump.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .cache import log
+from .kernels import Kernel, debian_kernel, uv_kernel
+from .qemu import BootSpec, Guest
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    kernel: str                      # "debian" | "uv"
+    spec: BootSpec
+    kdump_format: bool = False       # also take a kdump-compressed dump
+    truth: bool = False              # capture the kernel's own ptdump first
+
+
+PLANS: dict[str, BootPlan] = {
+    "debian-l5": BootPlan("debian", BootSpec(la57=True, mem_mib=512), kdump_format=True),
+    "debian-l4-efidebug": BootPlan("debian", BootSpec(la57=False, append="efi=debug",
+                                                      mem_mib=512)),
+    "debian-noruntime": BootPlan("debian", BootSpec(la57=False, append="efi=noruntime",
+                                                    mem_mib=512)),
+    "debian-seabios": BootPlan("debian", BootSpec(firmware="seabios", la57=False, mem_mib=512)),
+    "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512), truth=True),
+    "uv-l4": BootPlan("uv", BootSpec(la57=False, mem_mib=512), truth=True),
+}
+KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel}
+
+
+@dataclass
+class BootResult:
+    name: str
+    kernel: Kernel
+    plan: BootPlan
+    dir: Path
+    elf: Path
+    kdump: Optional[Path] = None
+    truth: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, str] = field(default_factory=dict)   # what the guest said about itself
+
+
+GUEST_FACTS = r"""
+echo "release=$(uname -r)"
+echo "cmdline=$(cat /proc/cmdline)"
+echo "efi=$( [ -d /sys/firmware/efi ] && echo yes || echo no)"
+echo "runtime_map=$(ls /sys/firmware/efi/runtime-map 2>/dev/null | wc -l)"
+echo "runtime_attrs=$(cat /sys/firmware/efi/runtime-map/*/attribute 2>/dev/null | tr '\n' ' ')"
+"""
+
+
+def capture(guest: Guest, plan: BootPlan, out: Path) -> BootResult:
+    """Collect facts (+ ptdump truth), then pause, dump, and resume the guest."""
+    res = BootResult("", guest.kernel, plan, out, out / "vmcore.elf")
+    _, so, _ = guest.run(GUEST_FACTS)
+    res.facts = dict(line.split("=", 1) for line in so.splitlines() if "=" in line)
+    if plan.truth:
+        guest.run("cat /sys/kernel/debug/page_tables/kernel > /xfer/truth-kernel; "
+                  "cat /sys/kernel/debug/page_tables/efi > /xfer/truth-efi 2>/dev/null; true")
+    guest.pause()
+    try:
+        if plan.truth:
+            for mm in ("kernel", "efi"):
+                src = guest.xfer / f"truth-{mm}"
+                res.truth[mm] = src.read_text() if src.exists() else ""
+                (out / f"truth-{mm}.txt").write_text(res.truth[mm])
+        guest.dump(res.elf, "elf")
+        if plan.kdump_format:
+            res.kdump = guest.dump(out / "vmcore.kdump", "kdump-zlib")
+    finally:
+        guest.resume()
+    (out / "facts.json").write_text(json.dumps(res.facts, indent=1))
+    return res
+
+
+class BedSession:
+    """Lazily boots each plan once, keeps its results, reuses them for every test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._results: dict[str, BootResult] = {}
+
+    def kernel(self, name: str) -> Kernel:
+        return KERNELS[name]()
+
+    def boot(self, name: str, keep: Optional[Callable[[Guest, BootResult], None]] = None
+             ) -> BootResult:
+        """Dumps of boot ``name``; ``keep`` runs extra work while the guest is still up."""
+        if name in self._results and keep is None:
+            return self._results[name]
+        plan = PLANS[name]
+        out = self.workdir / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        guest = Guest(self.kernel(plan.kernel), plan.spec, out / "guest")
+        with guest:
+            res = capture(guest, plan, out)
+            res.name = name
+            if keep is not None:
+                keep(guest, res)
+        log(f"{name}: dumps ready in {out}")
+        self._results[name] = res
+        return res

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real-kernel test bed (one boot serves many tests).
+
+In CI (``CI`` set) a missing QEMU/OVMF is a failure, never a skip: ``tests/run`` installs
+them.  Locally, real-kernel tests skip with the reason when the host lacks them.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bed.boots import BedSession
+from tests.bed.cache import have_host_tools
+
+MMRWATCH = [sys.executable, "-m", "mmrwatch"]
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory) -> BedSession:
+    why = have_host_tools()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"test bed unavailable in CI: {why}")
+        pytest.skip(why)
+    return BedSession(tmp_path_factory.mktemp("bed"))
+
+
+def mmrwatch(*args: str, check_rc: int | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would (a subprocess), capturing output."""
+    res = subprocess.run(MMRWATCH + list(args), capture_output=True, text=True)
+    if check_rc is not None:
+        assert res.returncode == check_rc, (res.returncode, res.stdout[-3000:], res.stderr[-3000:])
+    return res

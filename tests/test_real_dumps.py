@@ -1,0 +1,116 @@
+"""The engine on real dumps of real kernels booted with real firmware (issues 2 and 3).
+
+Expectations come from how x86 maps EFI runtime regions and from what the guest itself
+reported (/sys/firmware/efi, runtime-map), not from mmrwatch's own output.
+"""
+import json
+
+import pytest
+
+from tests.conftest import mmrwatch
+
+pytestmark = pytest.mark.realkernel
+OVMF_FLASH = 0xFFC00000
+
+
+def report(dump, vmlinux, *extra):
+    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(vmlinux), "--format", "json",
+                   *extra)
+    assert res.returncode in (0, 1, 2), res.stderr
+    return json.loads(res.stdout), res.returncode
+
+
+def runtime_entries(b) -> int:
+    return sum(int(a, 16) >> 63 for a in b.facts["runtime_attrs"].split())
+
+
+def flash(doc):
+    (r,) = [r for r in doc["ranges"] if r["phys_start"] == hex(OVMF_FLASH)]
+    return {(e["mm"], e["rule"]): e for e in r["expectations"]}
+
+
+@pytest.mark.parametrize("name,levels", [("debian-l5", 5), ("debian-l4-efidebug", 4)])
+def test_efi_runtime_audit_on_real_firmware(bed, name, levels):
+    """OVMF's flash MMIO is mapped in efi_mm 1:1 and at its EFI VA, absent from init_mm."""
+    b = bed.boot(name)
+    doc, rc = report(b.elf, b.kernel.vmlinux)
+    assert rc == 0 and doc["verdict"] in ("ok", "info")
+    assert doc["kernel"]["paging_levels"] == levels
+    assert doc["kernel"]["release"] == b.facts["release"]
+    assert doc["address_spaces"]["efi_mm"]["state"] == "table"
+    # every entry the guest's sysfs runtime-map lists with EFI_MEMORY_RUNTIME is checked
+    assert len(doc["ranges"]) == runtime_entries(b)
+    f = flash(doc)
+    assert f[("efi_mm", "identity")]["status"] == "ok"
+    assert f[("efi_mm", "identity")]["cache_modes"] == ["UC-"]     # no EFI_MEMORY_WB: PCD
+    assert f[("efi_mm", "efi_va")]["status"] == "ok"
+    assert f[("init_mm", "direct")]["status"] == "missing"
+    assert f[("init_mm", "direct")]["severity"] == "info"
+
+
+def test_efi_debug_keeps_whole_map_but_only_runtime_is_checked(bed):
+    b = bed.boot("debian-l4-efidebug")
+    assert "efi=debug" in b.facts["cmdline"]
+    from mmrwatch.collectors import efi, target
+    t = target.open_vmcore(str(b.elf), str(b.kernel.vmlinux))
+    descs = efi.read_memmap(t.prog)
+    assert len(descs) == int(b.facts["runtime_map"]) > 3 * runtime_entries(b)  # whole map
+    assert sum(d.runtime for d in descs) == runtime_entries(b)
+
+
+def test_kdump_compressed_dump_gives_the_same_findings(bed):
+    b = bed.boot("debian-l5")
+    elf, _ = report(b.elf, b.kernel.vmlinux)
+    kd, _ = report(b.kdump, b.kernel.vmlinux)
+    assert kd["target"]["format"] == "kdump"
+    strip = lambda d: [(r["name"], [(e["mm"], e["rule"], e["status"], e["mapped_bytes"])
+                                    for e in r["expectations"]]) for r in d["ranges"]]
+    assert strip(elf) == strip(kd)
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("debian-noruntime", "runtime services disabled"),
+    ("debian-seabios", "not booted through EFI"),
+])
+def test_efi_mm_without_table_is_a_clear_state(bed, name, reason):
+    b = bed.boot(name)
+    doc, rc = report(b.elf, b.kernel.vmlinux)
+    assert rc == 0, doc
+    mm = doc["address_spaces"]["efi_mm"]
+    assert mm["state"] == "no-table" and reason in mm["reason"]
+    res = mmrwatch("ptdump", "--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux),
+                   "--mm", "efi", check_rc=0)
+    assert reason in res.stderr and res.stdout == ""
+    if name == "debian-seabios":
+        assert b.facts["efi"] == "no"
+
+
+def test_text_report_verdict_first(bed):
+    b = bed.boot("debian-l5")
+    res = mmrwatch("report", "--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux),
+                   check_rc=0)
+    lines = res.stdout.splitlines()
+    assert lines[2].startswith("VERDICT  OK")
+    assert "efi-MMIO" in res.stdout and "not mapped in init_mm" in res.stdout
+
+
+def test_wrong_vmlinux_is_refused(bed):
+    b = bed.boot("debian-l5")
+    uv = bed.kernel("uv")
+    res = mmrwatch("report", "--vmcore", str(b.elf), "--vmlinux", str(uv.vmlinux), check_rc=69)
+    assert "does not match" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_ranges_file_on_real_dump(bed, tmp_path):
+    """A configured range (the flash) expected in the direct map: init_mm lacks it."""
+    b = bed.boot("debian-l5")
+    f = tmp_path / "r.toml"
+    f.write_text(f'[[range]]\nname = "flash"\nstart = {OVMF_FLASH:#x}\nsize = "4MiB"\n'
+                 'mms = ["init_mm", "efi_mm"]\nva = { init_mm = "direct", efi_mm = ["identity", "efi_va"] }\n'
+                 'cache = "uncached"\n')
+    doc, rc = report(b.elf, b.kernel.vmlinux, "--ranges", str(f))
+    assert rc == 2 and doc["verdict"] == "critical"
+    (r,) = [r for r in doc["ranges"] if r["name"] == "flash"]
+    st = {(e["mm"], e["rule"]): e["status"] for e in r["expectations"]}
+    assert st == {("init_mm", "direct"): "missing", ("efi_mm", "identity"): "ok",
+                  ("efi_mm", "efi_va"): "ok"}
