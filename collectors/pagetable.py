@@ -104,22 +104,29 @@ class Walker:
         self.errors: list[WalkError] = []
         self._bits = 57 if levels == 5 else 48
         self._budget = max_tables
+        self._follow = False
 
     # -- public API --------------------------------------------------------------------
     def walk(self, root_pa: int, start: int, end: int, on_leaf: LeafFn,
-             on_hole: Optional[HoleFn] = None) -> None:
+             on_hole: Optional[HoleFn] = None, follow_nonpresent: bool = False) -> None:
         """Visit ``[start, end)`` (canonical VAs within one half; ``end`` may be 2**64).
 
         ``on_leaf(level, va, size, val, eff)`` gets runs of leaves whose entries differ only
         by a contiguous physical address (``val`` is the first entry, ``eff`` the effective
         protection through the upper levels); ``on_hole(level, va, size)`` gets runs of empty
         entries at the level where the tree ends, as the kernel's ``pte_hole`` does.
+
+        By default the walk has the MMU's semantics: a non-present table entry ends the
+        branch as a hole.  ``follow_nonpresent`` gives ``mm/pagewalk.c``'s semantics, which
+        ptdump needs to print what the kernel prints: a non-present, non-none pud/pmd entry
+        is skipped silently, pgd/p4d entries are descended whatever their P bit.
         """
         mask = (1 << self._bits) - 1
         lo, hi = start & mask, ((end - 1) & mask) + 1
         if hi <= lo:
             raise ValueError("walk range crosses the non-canonical hole")
         self._budget = self.max_tables
+        self._follow = follow_nonpresent
         top = x86.top_level(self.levels)
         self._table(top, root_pa, 0, lo, hi, 0, (root_pa,), on_leaf, on_hole)
 
@@ -172,14 +179,16 @@ class Walker:
                     on_hole(level, canon(va), (j - i) << shift)
                 i = j
                 continue
-            is_leaf = level == PTE or (val & PSE and level in _LARGE_ALIGN)
+            # pmd_large() tests PSE alone; pud_large() wants PSE and P (x86 pgtable.h)
+            is_leaf = level == PTE or (val & PSE and (level == PMD or (level == PUD and (
+                val & P or not self._follow))))
             if is_leaf:
                 j = i + 1
                 nxt = val + size
                 while j <= i1 and arr[j] == nxt:
                     j += 1
                     nxt += size
-                if level != PTE and (x86.entry_pa(val, level, (1 << 64) - 1)
+                if level != PTE and val & P and (x86.entry_pa(val, level, (1 << 64) - 1)
                                      != val & x86.PTE_PFN_MASK & ~x86.PAT_LARGE):
                     self._error(level, canon(va), pa, f"misaligned huge page entry 0x{val:x}")
                 else:
@@ -188,13 +197,18 @@ class Walker:
                 continue
             i += 1
             if not val & P:
-                if on_hole:
-                    on_hole(level, canon(va), size)
-                continue
-            if val & PSE and level < PUD:
+                if not self._follow:
+                    if on_hole:
+                        on_hole(level, canon(va), size)
+                    continue
+                if level >= PUD:
+                    continue   # pagewalk: !pud/pmd_present -> neither noted nor descended
+                child = val & x86.PTE_PFN_MASK & self.phys_mask   # p4d_pgtable(): no un-invert
+            elif val & PSE and level < PUD:
                 self._error(level, canon(va), pa, f"PS bit set at {x86.LEVEL_NAMES[level]} (reserved)")
                 continue
-            child = x86.entry_pa(val, level, self.phys_mask)
+            else:
+                child = x86.entry_pa(val, level, self.phys_mask)
             if child in path:
                 self._error(level, canon(va), pa, f"table loop back to PA 0x{child:x}")
                 continue

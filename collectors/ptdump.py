@@ -127,9 +127,12 @@ class _State:
             self.out.append(f"---[ {self.markers[self.mi].name} ]---")
         self.start, self.prot, self.eff, self.level = addr, new_prot, new_eff, level
 
-    def run(self, level: int, va: int, size: int, val: int, eff: int) -> None:
-        """A run of equal-flag entries: one note per entry only where a marker intervenes."""
-        esz = x86.level_size(level)
+    def run(self, level: int, va: int, size: int, val: int, eff: int, esz: int) -> None:
+        """A run of equal-flag entries: one note per entry only where a marker intervenes.
+
+        ``esz`` is the size of one entry (not derived from ``level``: a folded p4d table
+        has 512 GiB entries but reports its holes as "pgd").
+        """
         end = va + size
         while va < end:
             self.note(va, level, val, eff)
@@ -146,12 +149,17 @@ def render(walker: Walker, root_pa: int, markers: list[Marker]) -> list[str]:
     st = _State(markers)
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
-        st.run(level, va, size, val, eff)
+        st.run(level, va, size, val, eff, x86.level_size(level))
+
+    folded = walker.levels == 4
 
     def hole(level: int, va: int, size: int) -> None:
-        st.run(level, va, size, 0, 0)
+        # real_depth() in mm/pagewalk.c: with the p4d folded (PTRS_PER_P4D == 1) a hole
+        # in the top table is reported at depth 0, "pgd".
+        st.run(x86.PGD if folded and level == x86.P4D else level, va, size, 0, 0,
+               x86.level_size(level))
 
     for lo, hi in walk_ranges(walker.levels):
-        walker.walk(root_pa, lo, hi, leaf, hole)
+        walker.walk(root_pa, lo, hi, leaf, hole, follow_nonpresent=True)
     st.note(0, -1, 0, 0)   # "Flush out the last page"
     return st.out

@@ -77,7 +77,13 @@ class CacheModes:
 
 
 def entry_pa(val: int, level: int, phys_mask: int) -> int:
-    """Physical address an entry points at; large leaves drop the PAT bit and low bits."""
+    """Physical address an entry points at; large leaves drop the PAT bit and low bits.
+
+    Non-present, non-zero entries store their PFN inverted (L1TF mitigation,
+    ``protnone_mask()`` in arch/x86/include/asm/pgtable-invert.h); undo that as the kernel does.
+    """
+    if val and not val & P:
+        val ^= PTE_PFN_MASK
     pa = val & PTE_PFN_MASK & phys_mask
     if level in (PUD, PMD) and val & PSE:
         pa &= ~(level_size(level) - 1)

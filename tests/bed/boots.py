@@ -67,8 +67,7 @@ def capture(guest: Guest, plan: BootPlan, out: Path) -> BootResult:
     _, so, _ = guest.run(GUEST_FACTS)
     res.facts = dict(line.split("=", 1) for line in so.splitlines() if "=" in line)
     if plan.truth:
-        guest.run("cat /sys/kernel/debug/page_tables/kernel > /xfer/truth-kernel; "
-                  "cat /sys/kernel/debug/page_tables/efi > /xfer/truth-efi 2>/dev/null; true")
+        _capture_truth(guest)
     guest.pause()
     try:
         if plan.truth:
@@ -81,8 +80,42 @@ def capture(guest: Guest, plan: BootPlan, out: Path) -> BootResult:
             res.kdump = guest.dump(out / "vmcore.kdump", "kdump-zlib")
     finally:
         guest.resume()
+        if plan.truth:
+            _release_truth(guest)
     (out / "facts.json").write_text(json.dumps(res.facts, indent=1))
     return res
+
+
+# The capture must not change what it captures: a forked `cat` has its own vmalloc'd
+# stack, mapped while it reads and gone by the dump.  So the script reads debugfs with
+# shell builtins only and then stays alive, busy-waiting on builtins (no fork), until the
+# host has paused the guest and taken the dump.
+_TRUTH = r"""
+for mm in kernel efi; do
+  : > /xfer/truth-$mm
+  [ -e /sys/kernel/debug/page_tables/$mm ] || continue
+  while IFS= read -r line; do printf '%s\n' "$line"; done \
+    < /sys/kernel/debug/page_tables/$mm > /xfer/truth-$mm
+done
+: > /xfer/truth-done
+while [ ! -e /xfer/truth-release ]; do :; done
+"""
+
+
+def _capture_truth(guest: Guest) -> None:
+    import threading
+    (guest.xfer / "truth-release").unlink(missing_ok=True)
+    t = threading.Thread(target=guest.run, args=(_TRUTH,), kwargs={"timeout": 600}, daemon=True)
+    t.start()
+    guest.wait_file(guest.xfer / "truth-done", 300)
+    guest._truth_thread = t
+
+
+def _release_truth(guest: Guest) -> None:
+    t = getattr(guest, "_truth_thread", None)
+    if t is not None:
+        (guest.xfer / "truth-release").touch()
+        t.join(120)
 
 
 class BedSession:

@@ -47,6 +47,9 @@ if [ -e /sys/class/net/eth0 ]; then
   ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 fi
 mkdir -p /xfer/cmd /xfer/out
+# The poll loop must not fork while idle (a forked sleep gets a vmalloc'd stack, which
+# would change the page tables under a capture): wait with the read builtin on a FIFO.
+mkfifo /run-tick; exec 3<>/run-tick
 echo "MMRWATCH-READY $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 while true; do
   for f in /xfer/cmd/*.sh; do
@@ -56,7 +59,7 @@ while true; do
     ( chroot $R /bin/sh /xfer/out/$n.run > /xfer/out/$n.out 2> /xfer/out/$n.err < /dev/null
       echo $? > /xfer/out/$n.rc.tmp; mv /xfer/out/$n.rc.tmp /xfer/out/$n.rc ) &
   done
-  sleep 0.1
+  read -t 0.1 -u 3 _ 2>/dev/null
 done
 """
 _MODULES_FOR = {"debian": DEBIAN_MODULES + ["virtio_pci"]}

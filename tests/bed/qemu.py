@@ -155,6 +155,16 @@ class Guest:
             time.sleep(0.2)
         raise TimeoutError(f"no {text!r} on the console after {timeout} s: {self.console_tail()}")
 
+    def wait_file(self, path: Path, timeout: float) -> None:
+        """Wait until the guest has created ``path`` in the exchange directory."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest did not create {path.name} in {timeout} s")
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"guest died: {self.console_tail()}")
+            time.sleep(0.05)
+
     def console_tail(self, n: int = 3000) -> str:
         return self.console.read_text(errors="replace")[-n:] if self.console.exists() else ""
 

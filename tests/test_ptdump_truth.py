@@ -1,0 +1,27 @@
+"""`mmrwatch ptdump` against the kernel's own /sys/kernel/debug/page_tables/* (issue 3).
+
+The UV-enabled guest captures its own ptdump output with shell builtins (no fork, so the
+capture does not add vmalloc'd stacks) and stays paused from capture to dump: the two
+outputs must be identical, line for line, with no normalisation.
+"""
+import difflib
+
+import pytest
+
+from tests.conftest import mmrwatch
+
+pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
+
+
+@pytest.mark.parametrize("boot", ["uv-l5", "uv-l4"])
+@pytest.mark.parametrize("mm", ["kernel", "efi"])
+def test_ptdump_identical_to_kernel(bed, boot, mm):
+    b = bed.boot(boot)
+    truth = b.truth[mm]
+    assert truth.startswith("---[ User Space ]---"), truth[:200]
+    res = mmrwatch("ptdump", "--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux),
+                   "--mm", mm, check_rc=0)
+    diff = "\n".join(difflib.unified_diff(truth.splitlines(), res.stdout.splitlines(),
+                                         "kernel", "mmrwatch", lineterm="", n=1))
+    assert res.stdout == truth, diff[:5000]
+    assert res.stderr == ""
