@@ -46,6 +46,18 @@ if [ -e /sys/class/net/eth0 ]; then
   ip link set lo up; ip link set eth0 up
   ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 fi
+if [ -e /proc/vmcore ]; then
+  # We are the kdump capture kernel: save the crashed kernel's memory like a distro's
+  # kdump service does (makedumpfile from the host's /usr), then power off.
+  echo "MMRWATCH-CAPTURE start" > /dev/ttyS0
+  chroot $R /usr/sbin/makedumpfile -c -d 31 /proc/vmcore /xfer/kdump.tmp > /xfer/kdump.log 2>&1
+  rc=$?
+  [ $rc = 0 ] && mv /xfer/kdump.tmp /xfer/vmcore.kdump
+  echo "MMRWATCH-CAPTURE rc=$rc" > /dev/ttyS0
+  sync
+  echo o > /proc/sysrq-trigger
+  sleep 30
+fi
 mkdir -p /xfer/cmd /xfer/out
 # The poll loop must not fork while idle (a forked sleep gets a vmalloc'd stack, which
 # would change the page tables under a capture): wait with the read builtin on a FIFO.

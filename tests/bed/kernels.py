@@ -159,6 +159,8 @@ def uv_kernel() -> Kernel:
 
 if __name__ == "__main__":
     import sys
-    which = sys.argv[1] if len(sys.argv) > 1 else "uv"
-    k = uv_kernel() if which == "uv" else debian_kernel()
-    print(k)
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    for name, get in (("debian", debian_kernel), ("uv", uv_kernel)):
+        if which in (name, "all"):
+            k = get()
+            log(f"{name} kernel {k.release}: {k.bzimage.parent}")

@@ -50,7 +50,10 @@ def default_shares() -> dict[str, str]:
     shares = {"pyprefix": sys.base_prefix, "repo": str(REPO), "cache": str(cache_root())}
     if sys.prefix != sys.base_prefix:
         shares["venv"] = sys.prefix
-    return {k: v for k, v in shares.items() if not v.startswith("/usr/") and v != "/usr"}
+    shares = {k: v for k, v in shares.items() if not v.startswith("/usr/") and v != "/usr"}
+    # a share inside another one (the venv in the repo's .venv) is already visible
+    return {k: v for k, v in shares.items()
+            if not any(v != o and v.startswith(o.rstrip("/") + "/") for o in shares.values())}
 
 
 class QMP:
@@ -229,6 +232,32 @@ class Guest:
             fix_qemu_kdump(raw, path)
             raw.unlink()
         return path
+
+    def kdump(self, out: Path, timeout: float = 600) -> Path:
+        """A real kdump: load a capture kernel, crash via sysrq, let it run makedumpfile.
+
+        Needs ``crashkernel=`` on the command line.  The capture kernel is this same kernel
+        and initramfs; its /init notices /proc/vmcore, writes ``vmcore.kdump`` into the
+        exchange directory and powers the machine off.
+        """
+        initrd = build_initramfs(self.kernel, {**default_shares(), **self.spec.extra_shares})
+        append = "console=ttyS0 nr_cpus=1 irqpoll reset_devices panic=-1 loglevel=6"
+        self.run(f"kexec -p '{self.kernel.bzimage}' --initrd='{initrd}' --append='{append}' "
+                 "&& cat /sys/kernel/kexec_crash_loaded", timeout=300)
+        tmp = self.xfer / "cmd" / ".crash.tmp"
+        tmp.write_text("echo c > /proc/sysrq-trigger\n")
+        tmp.rename(self.xfer / "cmd" / "crash.sh")
+        self.wait_console("MMRWATCH-CAPTURE rc=", timeout)
+        self.proc.wait(60)
+        log_text = (self.xfer / "kdump.log").read_text(errors="replace") \
+            if (self.xfer / "kdump.log").exists() else ""
+        src = self.xfer / "vmcore.kdump"
+        if not src.exists():
+            raise RuntimeError(f"capture kernel wrote no dump: {log_text[-2000:]}\n"
+                               f"{self.console_tail()}")
+        out = Path(out)
+        shutil.move(str(src), out)
+        return out
 
     # -- guest RAM -----------------------------------------------------------------------------
     def ram(self) -> mmap.mmap:
