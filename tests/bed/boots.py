@@ -25,6 +25,7 @@ class BootPlan:
     spec: BootSpec
     kdump_format: bool = False       # also take a kdump-compressed dump
     truth: bool = False              # capture the kernel's own ptdump first
+    real_kdump: bool = False         # finally crash it and keep the capture kernel's dump
 
 
 PLANS: dict[str, BootPlan] = {
@@ -36,6 +37,8 @@ PLANS: dict[str, BootPlan] = {
     "debian-seabios": BootPlan("debian", BootSpec(firmware="seabios", la57=False, mem_mib=512)),
     "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512), truth=True),
     "uv-l4": BootPlan("uv", BootSpec(la57=False, mem_mib=512), truth=True),
+    "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
+                         real_kdump=True),
 }
 KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel}
 
@@ -48,6 +51,7 @@ class BootResult:
     dir: Path
     elf: Path
     kdump: Optional[Path] = None
+    real_kdump: Optional[Path] = None
     truth: dict[str, str] = field(default_factory=dict)
     facts: dict[str, str] = field(default_factory=dict)   # what the guest said about itself
 
@@ -143,6 +147,8 @@ class BedSession:
             res.name = name
             if keep is not None:
                 keep(guest, res)
+            if plan.real_kdump:
+                res.real_kdump = guest.kdump(out / "real.kdump")
         log(f"{name}: dumps ready in {out}")
         self._results[name] = res
         return res

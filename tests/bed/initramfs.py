@@ -50,7 +50,7 @@ if [ -e /proc/vmcore ]; then
   # We are the kdump capture kernel: save the crashed kernel's memory like a distro's
   # kdump service does (makedumpfile from the host's /usr), then power off.
   echo "MMRWATCH-CAPTURE start" > /dev/ttyS0
-  chroot $R /usr/sbin/makedumpfile -c -d 31 /proc/vmcore /xfer/kdump.tmp > /xfer/kdump.log 2>&1
+  chroot $R /bin/sh -c "PATH=/usr/sbin:/usr/bin exec makedumpfile -c -d 31 /proc/vmcore /xfer/kdump.tmp" > /xfer/kdump.log 2>&1
   rc=$?
   [ $rc = 0 ] && mv /xfer/kdump.tmp /xfer/vmcore.kdump
   echo "MMRWATCH-CAPTURE rc=$rc" > /dev/ttyS0

@@ -1,0 +1,33 @@
+"""A real kdump (crashkernel=, kexec -p, sysrq-c, makedumpfile in the capture kernel)."""
+import json
+
+import pytest
+
+from tests.conftest import mmrwatch
+
+pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
+
+
+def _summary(doc):
+    return sorted((r["name"], e["mm"], e["rule"], e["status"], e["mapped_bytes"])
+                  for r in doc["ranges"] for e in r["expectations"])
+
+
+def test_real_kdump_reads_like_the_live_dump(bed):
+    b = bed.boot("uv-kdump")
+    assert "crashkernel=192M" in b.facts["cmdline"]
+    with open(b.real_kdump, "rb") as f:
+        assert f.read(8) == b"KDUMP   "          # makedumpfile -c output, not flattened
+    real = json.loads(mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux",
+                               str(b.kernel.vmlinux), "--format", "json", check_rc=0).stdout)
+    before = json.loads(mmrwatch("report", "--vmcore", str(b.elf), "--vmlinux",
+                                 str(b.kernel.vmlinux), "--format", "json", check_rc=0).stdout)
+    assert real["target"]["format"] == "kdump"
+    assert real["kernel"]["page_offset_base"] == before["kernel"]["page_offset_base"]
+    assert real["address_spaces"]["efi_mm"]["state"] == "table"
+    assert _summary(real) == _summary(before)
+    # and it is a real crash: the crashed thread went through sysrq's crash handler
+    from mmrwatch.collectors import target
+    t = target.open_vmcore(str(b.real_kdump), str(b.kernel.vmlinux))
+    frames = [f.name for f in t.prog.crashed_thread().stack_trace()]
+    assert "sysrq_handle_crash" in frames
