@@ -31,6 +31,11 @@ _ZERO = bytes(x86.PAGE_SIZE)
 _TEMPL = {lvl: array("Q", (k * x86.level_size(lvl) for k in range(ENTRIES)))
           for lvl in (PUD, PMD, PTE)}
 _LARGE_ALIGN = {PUD: (1 << 30) - 1, PMD: (1 << 21) - 1}
+# A table read as one little-endian integer is linear from v0 with stride s exactly when,
+# minus _RAMP[level] (digits k*s), every 64-bit digit equals v0 (no digit overflows: checked
+# on the last one): a few C-level big-int/bytes operations instead of 512 Python ints.
+_RAMP = {lvl: int.from_bytes(t, "little") for lvl, t in _TEMPL.items()}
+_U64 = 1 << 64
 
 
 class TableFault(Exception):
@@ -222,11 +227,15 @@ class Walker:
         v0 = arr[i0]
         if not v0 & P or (level != PTE and not v0 & PSE) or i1 == i0:
             return False
-        tmpl = _TEMPL[level]
         n = i1 - i0 + 1
-        if arr[i1] != v0 + tmpl[n - 1]:
+        last = v0 + _TEMPL[level][n - 1]
+        if arr[i1] != last or last >= _U64:
             return False
-        if arr[i0:i1 + 1] != array("Q", map(v0.__add__, tmpl[:n] if n < ENTRIES else tmpl)):
+        whole = n == ENTRIES
+        big = int.from_bytes(arr if whole else memoryview(arr)[i0:i1 + 1], "little")
+        ramp = _RAMP[level] if whole else _RAMP[level] & ((1 << (64 * n)) - 1)
+        d = big - ramp
+        if d < 0 or d.to_bytes(8 * n, "little") != v0.to_bytes(8, "little") * n:
             return False
         if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
             return False  # let the slow path report the misalignment

@@ -49,7 +49,7 @@ class SynthKernel:
         pa = self._next
         self._next += x86.PAGE_SIZE
         if self._next > len(self.ram):
-            raise MemoryError("synthetic RAM exhausted")
+            raise MemoryError(f"synthetic RAM exhausted ({len(self.ram) >> 20} MiB)")
         return pa
 
     def read_entry(self, table: int, idx: int) -> int:
@@ -142,6 +142,13 @@ class SynthKernel:
             return objs.get(name)
 
         prog.register_object_finder("synth", find_object, enable_index=0)
+        named = {"phys_addr_t": types.phys_addr_t, "unsigned long": types.ulong,
+                 "struct mm_struct": types.mm}
+
+        def find_type(p, kinds, name, filename):
+            return named.get(name)
+
+        prog.register_type_finder("synth", find_type, enable_index=0)
         return prog
 
     def _objects(self, prog: Program, t: "_Types") -> dict[str, Object]:
@@ -174,6 +181,8 @@ class _Types:
         self.ulong = prog.int_type("unsigned long", 8, False)
         self.int = prog.int_type("int", 4, True)
         self.u8 = prog.int_type("unsigned char", 1, False)
+        self.phys_addr_t = prog.typedef_type("phys_addr_t", prog.int_type("unsigned long long",
+                                                                          8, False))
         pgd_t = prog.typedef_type("pgd_t", prog.struct_type(None, 8, (
             TypeMember(prog.typedef_type("pgdval_t", self.ulong), "pgd", 0),)))
         self.mm = prog.struct_type("mm_struct", 16, (

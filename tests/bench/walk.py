@@ -23,15 +23,15 @@ from mmrwatch.collectors.ranges import DIRECT, Expectation, Range
 from tests.synth import KERNEL, TABLE, UC, SynthKernel
 
 
-def _uv_like() -> tuple[SynthKernel, list[Range]]:
-    """Low MMRs (32+32 MiB) and an 8-blade MMR_HI (8 x 64 MiB), 2 MiB UC pages, both mms."""
-    k = SynthKernel(ram_mib=64)
+def _uv_like(page: int) -> tuple[SynthKernel, list[Range]]:
+    """Low MMRs (32+32 MiB) and an 8-blade MMR_HI (8 x 64 MiB), UC, checked in both mms."""
+    k = SynthKernel(ram_mib=64 if page > 4096 else 96)
     k.direct_map_ram()
     spans = [("LOCAL_MMR", 0xFA000000, 32 << 20, None), ("GLOBAL_MMR32", 0xFC000000, 32 << 20, None)]
     base = 0x3FFF0000000
     spans += [("MMR_HI", base + b * (64 << 20), 64 << 20, b) for b in range(8)]
     for _, pa, size, _ in spans:
-        k.map(k.init_root, k.pob + pa, pa, size, 1 << 21, KERNEL | UC | x86.G)
+        k.map(k.init_root, k.pob + pa, pa, size, page, KERNEL | UC | x86.G)
     k.new_efi_root()
     ranges = [Range(n, pa, size, "bench", n, b, expectations=tuple(
         Expectation(mm, DIRECT, k.pob + pa, frozenset({"UC"}), shared_from=None)
@@ -48,8 +48,8 @@ def best(fn, n=5) -> float:
     return min(t)
 
 
-def bench_targeted() -> None:
-    k, ranges = _uv_like()
+def bench_targeted(page: int) -> None:
+    k, ranges = _uv_like(page)
     prog = k.program()
     facts = kernel.read_facts(prog)
     spaces = address_spaces(prog, facts)
@@ -59,7 +59,6 @@ def bench_targeted() -> None:
         Checker(facts, spaces, kernel.make_walker(prog, facts)).check(ranges)
 
     t_ours = best(ours)
-    mms = {"init_mm": prog["init_mm"].address_of_(), "efi_mm": prog["efi_mm"].address_of_()}
     # follow_phys per 4 KiB page on a sample (the whole thing takes minutes), scaled
     sample_pages = 4096
     pages = [(mm, r.expectations[0].va + off) for r in ranges[:1]
@@ -68,7 +67,7 @@ def bench_targeted() -> None:
 
     def theirs():
         for mm, va in pages:
-            follow_phys(mm_objs[mm].address_of_(), va)
+            follow_phys(mm_objs[mm], va)   # public helper; reads mm->pgd
 
     t_sample = best(theirs, 3)
     t_theirs = t_sample * (total // 4096) / len(pages)
@@ -82,8 +81,8 @@ def bench_targeted() -> None:
             array("Q", prog.read(pa, 4096, True))
 
     t_floor = best(floor)
-    print(f"targeted check: {len(ranges)} ranges x 2 mms = {total >> 20} MiB in {t_ours * 1e3:.2f} ms, "
-          f"{len(touched)} table pages")
+    print(f"targeted check, {page >> 10} KiB pages: {len(ranges)} ranges x 2 mms = {total >> 20} MiB "
+          f"in {t_ours * 1e3:.2f} ms, {len(touched)} table pages")
     print(f"  vs follow_phys per 4 KiB page ({total // 4096} pages, {t_theirs:.2f} s extrapolated "
           f"from {len(pages)}): {t_theirs / t_ours:.0f}x faster (goal >= 100x)")
     print(f"  vs reading each covering table page once ({t_floor * 1e3:.2f} ms): "
@@ -93,8 +92,8 @@ def bench_targeted() -> None:
 def _huge_direct_map(page: int) -> tuple[SynthKernel, int]:
     """64 TiB direct map built table by table (fast), with ``page``-sized leaves."""
     size = 64 << 40
-    ntables_pmd = size >> 30 if page == 1 << 21 else 0
-    k = SynthKernel(ram_mib=16 + (ntables_pmd * 4096 >> 20) + 8)
+    ntables_pmd = size >> 30 if page == 1 << 21 else 0     # one PMD table per GiB
+    k = SynthKernel(ram_mib=(1 << 20 >> 20) + (ntables_pmd * 4096 >> 20) + 8)
     flags = KERNEL | x86.G | x86.PSE
     npud = size >> 39     # PUD tables needed (each covers 512 GiB)
     for t in range(npud):
@@ -107,7 +106,8 @@ def _huge_direct_map(page: int) -> tuple[SynthKernel, int]:
             for i in range(512):
                 pmd = k.alloc()
                 base = (t << 39) + (i << 30)
-                k.ram[pmd:pmd + 4096] = array("Q", range(base | flags, base + (1 << 30), 1 << 21)).tobytes()
+                pmds = array("Q", (x | flags for x in range(base, base + (1 << 30), 1 << 21)))
+                k.ram[pmd:pmd + 4096] = pmds.tobytes()
                 ents.append(pmd | TABLE)
         k.ram[pud:pud + 4096] = ents.tobytes()
     return k, size
@@ -133,6 +133,7 @@ def bench_full(page: int) -> None:
 
 if __name__ == "__main__":
     print(f"drgn {drgn.__version__}")
-    bench_targeted()
+    bench_targeted(1 << 21)
+    bench_targeted(4096)
     bench_full(1 << 30)
     bench_full(1 << 21)
