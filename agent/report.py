@@ -66,7 +66,11 @@ def text(res: CheckResult, verbose: bool = False) -> str:
            f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
            f"KASLR offset {_hex(k.kaslr_offset)}",
            f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
-           f" {list(k.cache.table)}", "", "Address spaces"]
+           f" {list(k.cache.table)}", ""]
+    uvs = res.summaries.get("uv")
+    if uvs:
+        out += ["UV system", "  " + _uv_line(uvs), ""]
+    out += ["Address spaces"]
     for name in (INIT_MM, EFI_MM):
         s = res.spaces[name]
         detail = (f"root PA {_hex(s.root_pa)} (from {s.source})" if s.has_table
@@ -96,6 +100,16 @@ def text(res: CheckResult, verbose: bool = False) -> str:
         out += ["", "Notes"] + [f"  {n}" for n in res.notes]
     out += ["", f"checked in {res.seconds:.2f} s, {res.table_reads} table pages read"]
     return "\n".join(out) + "\n"
+
+
+def _uv_line(s: dict) -> str:
+    text = {"not-uv-kernel": "not a UV kernel (no UV symbols)",
+            "uv-kernel-non-uv-hardware": "UV kernel on non-UV hardware (uv_system_type UV_NONE)",
+            "hubless": "hubless UV system: no hub MMRs are mapped"}
+    if s["state"] in text:
+        return text[s["state"]]
+    return (f"hubbed {s['hub']} (revision {s['revision']}), {s['blades']} blade(s), "
+            f"pnodes {s['min_pnode']}-{s['max_pnode']}")
 
 
 def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
@@ -141,6 +155,7 @@ def as_dict(res: CheckResult) -> dict[str, Any]:
                                "source": s.source, "reason": s.reason or None}
                            for n, s in res.spaces.items()},
         "summary": {"ranges": len(res.ranges), "findings": counts},
+        "uv": res.summaries.get("uv"),
         "ranges": [{"name": r.name, "blade": r.blade, "source": r.source, "kind": r.kind,
                     "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,
                     "attrs": dict(r.attrs),

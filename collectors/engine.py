@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import drgn
 
-from . import efi, userranges
+from . import efi, userranges, uv
 from .check import Checker, Finding, worst
 from .kernel import KernelFacts, make_walker, read_facts
 from .mm import AddressSpace, address_spaces
@@ -32,6 +32,7 @@ class Context:
     spaces: dict[str, AddressSpace]
     efi_descs: list[efi.Descriptor]
     notes: list[str] = field(default_factory=list)
+    summaries: dict[str, dict] = field(default_factory=dict)   # per source, for reports
 
 
 RangeSource = Callable[[Context], list[Range]]
@@ -51,6 +52,7 @@ class CheckResult:
     efi_descs: list[efi.Descriptor]
     seconds: float
     table_reads: int
+    summaries: dict[str, dict] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
@@ -60,6 +62,14 @@ class CheckResult:
 def efi_source(ctx: Context) -> list[Range]:
     """EFI runtime regions from ``efi.memmap``."""
     return efi.runtime_ranges(ctx.prog, ctx.facts, ctx.efi_descs)
+
+
+def uv_source(ctx: Context) -> list[Range]:
+    """UV hub MMR ranges (none on non-UV kernels, non-UV hardware and hubless systems)."""
+    sysm = uv.discover(ctx.prog)
+    ctx.summaries["uv"] = sysm.summary()
+    ctx.notes.extend(sysm.notes)
+    return uv.ranges(sysm, ctx.facts, ctx.efi_descs)
 
 
 def file_source(path: Path) -> RangeSource:
@@ -74,7 +84,7 @@ def file_source(path: Path) -> RangeSource:
 
 def default_sources(ranges_file: Optional[Path] = None) -> list[RangeSource]:
     """The sources a plain ``mmrwatch report`` uses."""
-    sources: list[RangeSource] = [efi_source]
+    sources: list[RangeSource] = [uv_source, efi_source]
     if ranges_file is not None:
         sources.append(file_source(ranges_file))
     return sources
@@ -99,4 +109,5 @@ def run_check(target: Target, sources: list[RangeSource],
     walker = make_walker(ctx.prog, ctx.facts)
     findings = Checker(ctx.facts, ctx.spaces, walker).check(ranges)
     return CheckResult(target, ctx.facts, ctx.spaces, ranges, findings, list(walker.errors),
-                       ctx.notes, ctx.efi_descs, time.monotonic() - t0, walker.reader.reads)
+                       ctx.notes, ctx.efi_descs, time.monotonic() - t0, walker.reader.reads,
+                       ctx.summaries)

@@ -43,6 +43,15 @@ class SynthKernel:
         self.efi_root: Optional[int] = None
         self.descs: list[tuple[int, int, int, int, int]] = []
         self.memmap_pa: Optional[int] = None
+        self.uv_state: Optional[dict] = None
+
+    def set_uv(self, system_type: int = 2, hubless: int = 0, hub_type: int = 4,
+               revision: int = 7, pnodes: tuple[int, ...] = (0,), mmr_base: int = 0,
+               mmr_shift: int = 26, gru: tuple[int, int] = (0, 0), v510: bool = True) -> None:
+        """UV globals as uv_system_init() leaves them (one hub info per pnode/node)."""
+        self.uv_state = dict(system_type=system_type, hubless=hubless, hub_type=hub_type,
+                             revision=revision, pnodes=pnodes, mmr_base=mmr_base,
+                             mmr_shift=mmr_shift, gru=gru, v510=v510)
 
     # -- memory ------------------------------------------------------------------------------
     def alloc(self) -> int:
@@ -142,8 +151,8 @@ class SynthKernel:
             return objs.get(name)
 
         prog.register_object_finder("synth", find_object, enable_index=0)
-        named = {"phys_addr_t": types.phys_addr_t, "unsigned long": types.ulong,
-                 "struct mm_struct": types.mm}
+        hub = types.hub_v510 if not self.uv_state or self.uv_state["v510"] else types.hub_v47
+        named = {"phys_addr_t": types.phys_addr_t, "mm_struct": types.mm, "uv_hub_info_s": hub}
 
         def find_type(p, kinds, name, filename):
             return named.get(name)
@@ -168,10 +177,37 @@ class SynthKernel:
                            "nr_map": len(self.descs), "desc_version": 1, "desc_size": 48,
                            "flags": 0}}),
         }
+        if self.uv_state is not None:
+            objs.update(self._uv_objects(prog, t))
         if self.cachemode_tbl is not None:
             objs["__pte2cachemode_tbl"] = Object(prog, prog.array_type(t.u8, 8),
                                                  value=self.cachemode_tbl)
         return objs
+
+
+    def _uv_objects(self, prog: Program, t: "_Types") -> dict[str, Object]:
+        u = self.uv_state
+        hub_t = t.hub_v510 if u["v510"] else t.hub_v47
+        lst = self.alloc()
+        for node, pnode in enumerate(u["pnodes"]):
+            h = self.alloc()
+            vals = {"hub_revision": u["revision"], "global_mmr_base": u["mmr_base"],
+                    "global_mmr_shift": u["mmr_shift"], "pnode": pnode, "numa_blade_id": node}
+            if u["v510"]:
+                vals["hub_type"] = u["hub_type"]
+            raw = Object(prog, hub_t, value=vals).to_bytes_()
+            self.ram[h:h + len(raw)] = raw
+            struct.pack_into("<Q", self.ram, lst + node * 8, self.pob + h)
+        void_pp = prog.pointer_type(prog.pointer_type(prog.void_type()))
+        return {
+            "uv_system_type": Object(prog, t.int, u["system_type"]),
+            "uv_hubless_system": Object(prog, t.int, u["hubless"]),
+            "uv_min_hub_revision_id": Object(prog, t.int, u["revision"]),
+            "__uv_hub_info_list": Object(prog, void_pp, self.pob + lst),
+            "nr_node_ids": Object(prog, t.int, len(u["pnodes"])),
+            "gru_start_paddr": Object(prog, t.ulong, u["gru"][0]),
+            "gru_end_paddr": Object(prog, t.ulong, u["gru"][1]),
+        }
 
 
 class _Types:
@@ -194,5 +230,17 @@ class _Types:
             TypeMember(void_p, "map_end", 128), TypeMember(self.int, "nr_map", 192),
             TypeMember(self.ulong, "desc_version", 256), TypeMember(self.ulong, "desc_size", 320),
             TypeMember(self.ulong, "flags", 384)))
+        u8, u16 = self.u8, prog.int_type("unsigned short", 2, False)
+        # struct uv_hub_info_s, v5.10-v6.1 layout (offsets from the test kernel's DWARF) and
+        # the v4.7-v5.9 one (no hub_type; hub_revision further down)
+        self.hub_v510 = prog.struct_type("uv_hub_info_s", 136, (
+            TypeMember(prog.int_type("unsigned int", 4, False), "hub_type", 0),
+            TypeMember(u8, "hub_revision", 32), TypeMember(self.ulong, "global_mmr_base", 64),
+            TypeMember(self.ulong, "global_mmr_shift", 128), TypeMember(u16, "pnode", 960),
+            TypeMember(u16, "numa_blade_id", 1008)))
+        self.hub_v47 = prog.struct_type("uv_hub_info_s", 136, (
+            TypeMember(self.ulong, "global_mmr_base", 0),
+            TypeMember(self.ulong, "global_mmr_shift", 64), TypeMember(u8, "hub_revision", 560),
+            TypeMember(u16, "pnode", 960), TypeMember(u16, "numa_blade_id", 1008)))
         self.efi = prog.struct_type("efi", 64, (
             TypeMember(self.memmap, "memmap", 0), TypeMember(self.ulong, "flags", 448)))

@@ -114,3 +114,14 @@ def test_ranges_file_on_real_dump(bed, tmp_path):
     st = {(e["mm"], e["rule"]): e["status"] for e in r["expectations"]}
     assert st == {("init_mm", "direct"): "missing", ("efi_mm", "identity"): "ok",
                   ("efi_mm", "efi_va"): "ok"}
+
+
+@pytest.mark.parametrize("name,state", [("debian-l5", "not-uv-kernel"),
+                                        ("uv-l5", "uv-kernel-non-uv-hardware")])
+def test_uv_state_of_real_kernels(bed, name, state):
+    """Debian's kernel has no CONFIG_X86_UV; the UV build on QEMU finds no UV hub."""
+    b = bed.boot(name)
+    doc, rc = report(b.elf, b.kernel.vmlinux)
+    assert doc["uv"]["state"] == state
+    assert not [r for r in doc["ranges"] if r["source"] == "uv"]   # no false alarms
+    assert rc == 0

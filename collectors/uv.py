@@ -1,0 +1,211 @@
+"""SGI/HPE UV hub MMR ranges, discovered from kernel state alone (no MMR reads).
+
+What ``uv_system_init()`` maps with ``init_extra_mapping_uc/wb()`` (2 MiB pages in init_mm at
+``page_offset_base + phys``), per hub type and kernel generation (research notes §2-§3,
+checked against v6.1 ``arch/x86/kernel/apic/x2apic_uv_x.c``):
+
+* LOCAL_MMR   0xfa000000/32 MiB (UV1: 0xf4000000/64 MiB), UC;
+* GLOBAL_MMR32 0xfc000000/32 MiB on UV2/UV3; 16 MiB on UV4 before v5.10; none on UV4/UV5
+  from v5.10 (decided by the hub info having ``hub_type``, which v5.10 added);
+* MMR_HI  ``global_mmr_base`` (masked), ``1 << shift`` per pnode up to max_pnode, UC;
+* GRU_HI  ``[gru_start_paddr, gru_end_paddr)``, WB;
+* MMIOH   not recorded in kernel memory (only logged): reported as a note, not checked.
+
+Hubless UV systems and UV kernels on other hardware map nothing: explicit states, no ranges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import drgn
+
+from .efi import Descriptor
+from .kernel import KernelFacts, has_member, lookup
+from .mm import EFI_MM, INIT_MM
+from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
+
+NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED = ("not-uv-kernel", "uv-kernel-non-uv-hardware",
+                                            "hubless", "hubbed")
+HUB_TYPE_BITS = {1: "UV2", 2: "UV3", 4: "UV4", 8: "UV4A", 16: "UV5"}   # uv_mmrs.h (v5.10+)
+REVISION_BASES = ((9, "UV5"), (8, "UV4A"), (7, "UV4"), (5, "UV3"), (3, "UV2"), (1, "UV1"))
+# MMR overlay BASE_MASK / BASE_SHFT per hub (uv_mmrs.h)
+MMR_BASE = {"UV1": (0x00003FFFFC000000, 26), "UV2": (0x00003FFFFC000000, 26),
+            "UV3": (0x00003FFFFC000000, 26), "UV4": (0x00003FFFFC000000, 26),
+            "UV4A": (0x000FFFFFFC000000, 26), "UV5": (0x000FFFFFFE000000, 25)}
+UC_ONLY = frozenset({"UC"})
+WB_ONLY = frozenset({"WB"})
+
+
+@dataclass(frozen=True)
+class Hub:
+    """One hub's ``struct uv_hub_info_s`` fields that decide mappings."""
+
+    node: int
+    pnode: int
+    blade: int
+    revision: int
+    global_mmr_base: int
+    global_mmr_shift: int
+
+
+@dataclass
+class UVSystem:
+    """What kind of UV system the kernel believes it runs on."""
+
+    state: str
+    hub: Optional[str] = None
+    revision: Optional[int] = None
+    hubs: list[Hub] = field(default_factory=list)
+    gru: Optional[tuple[int, int]] = None
+    has_hub_type: bool = False          # v5.10+ layout
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pnodes(self) -> list[int]:
+        return sorted({h.pnode for h in self.hubs})
+
+    @property
+    def blades(self) -> int:
+        return len(self.pnodes)
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"state": self.state}
+        if self.state == HUBBED:
+            out.update(hub=self.hub, revision=self.revision, blades=self.blades,
+                       min_pnode=min(self.pnodes, default=None),
+                       max_pnode=max(self.pnodes, default=None))
+        return out
+
+
+def hub_name(revision: int, hub_type: Optional[int]) -> Optional[str]:
+    """Hub generation from the v5.10+ ``hub_type`` bitmask, else from the revision."""
+    if hub_type:
+        for bit, name in HUB_TYPE_BITS.items():
+            if hub_type & bit:
+                return name
+    for base, name in REVISION_BASES:
+        if revision >= base:
+            return name
+    return None
+
+
+def _hub_objects(prog: drgn.Program) -> list[tuple[int, drgn.Object]]:
+    """(node, hub info) pairs from whichever structure this kernel generation has."""
+    lst = lookup(prog, "__uv_hub_info_list")
+    if lst is not None and lst.value_():
+        nr = lookup(prog, "nr_node_ids")
+        n = int(nr) if nr is not None else 1
+        t = prog.type("struct uv_hub_info_s *")
+        out, seen = [], set()
+        for node in range(n):
+            p = lst[node].value_()
+            if p and p not in seen:
+                seen.add(p)
+                out.append((node, drgn.Object(prog, t, p)[0]))
+        return out
+    node0 = lookup(prog, "uv_hub_info_node0")
+    if node0 is not None and has_member(node0, "pnode") and node0.hub_revision.value_():
+        return [(0, node0)]
+    percpu = lookup(prog, "__uv_hub_info")           # v4.6: per-cpu copies
+    if percpu is not None:
+        from drgn.helpers.linux.cpumask import for_each_possible_cpu
+        from drgn.helpers.linux.percpu import per_cpu
+        out, seen = [], set()
+        for cpu in for_each_possible_cpu(prog):
+            h = per_cpu(percpu, cpu)
+            key = int(h.pnode)
+            if key not in seen:
+                seen.add(key)
+                out.append((cpu, h))
+        return out
+    return []
+
+
+def discover(prog: drgn.Program) -> UVSystem:
+    """Classify the system and read every hub's mapping parameters."""
+    st = lookup(prog, "uv_system_type")
+    if st is None and lookup(prog, "__uv_hub_info_list") is None:
+        return UVSystem(NOT_UV_KERNEL)
+    hubless = lookup(prog, "uv_hubless_system")
+    if hubless is not None and int(hubless.value_()):
+        return UVSystem(HUBLESS, notes=["hubless UV system: the kernel maps no hub MMRs"])
+    if st is None or not st.value_():
+        return UVSystem(NOT_UV_HW)
+    sysm = UVSystem(HUBBED)
+    for node, h in _hub_objects(prog):
+        sysm.has_hub_type = has_member(h, "hub_type")
+        rev = int(h.hub_revision)
+        sysm.hubs.append(Hub(node, int(h.pnode), int(h.numa_blade_id), rev,
+                             h.global_mmr_base.value_(),
+                             int(h.global_mmr_shift) if has_member(h, "global_mmr_shift") else 26))
+        if sysm.hub is None:
+            sysm.hub = hub_name(rev, int(h.hub_type) if sysm.has_hub_type else None)
+            sysm.revision = rev
+    if sysm.revision is None:
+        minrev = lookup(prog, "uv_min_hub_revision_id")
+        sysm.revision = int(minrev) if minrev is not None else None
+        sysm.hub = hub_name(sysm.revision or 0, None)
+    gs, ge = lookup(prog, "gru_start_paddr"), lookup(prog, "gru_end_paddr")
+    if gs is not None and ge is not None and ge.value_() > gs.value_():
+        sysm.gru = (gs.value_(), ge.value_())
+    sysm.notes.append("MMIOH ranges are not recorded in kernel memory (only logged at boot): "
+                      "not checked; on UV3+ the kernel does not map them by design")
+    return sysm
+
+
+def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
+    if sysm.hub == "UV1":
+        return [("LOCAL_MMR", 0xF4000000, 64 << 20, UC_ONLY),
+                ("GLOBAL_MMR32", 0xF8000000, 64 << 20, UC_ONLY)]
+    out = [("LOCAL_MMR", 0xFA000000, 32 << 20, UC_ONLY)]
+    if sysm.hub in ("UV2", "UV3"):
+        out.append(("GLOBAL_MMR32", 0xFC000000, 32 << 20, UC_ONLY))
+    elif sysm.hub in ("UV4", "UV4A") and not sysm.has_hub_type:
+        out.append(("GLOBAL_MMR32", 0xFC000000, 16 << 20, UC_ONLY))   # v4.7-v5.9
+    return out
+
+
+def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozenset[str]]]:
+    """(name, phys, size, blade, cache) for every range the kernel maps."""
+    out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
+        (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
+    if not sysm.hubs:
+        return out
+    max_pnode = max(sysm.pnodes)
+    mask, shift = MMR_BASE.get(sysm.hub or "UV2", MMR_BASE["UV2"])
+    h0 = sysm.hubs[0]
+    base = h0.global_mmr_base & mask
+    seg = 1 << (h0.global_mmr_shift or shift)
+    if base:
+        out += [("MMR_HI", base + p * seg, seg, p, UC_ONLY) for p in range(max_pnode + 1)]
+    if sysm.gru:
+        gseg = (sysm.gru[1] - sysm.gru[0]) // (max_pnode + 1)
+        out += [("GRU_HI", sysm.gru[0] + p * gseg, gseg, p, WB_ONLY)
+                for p in range(max_pnode + 1)]
+    return out
+
+
+def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor]) -> list[Range]:
+    """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only)."""
+    if sysm.state != HUBBED:
+        return []
+    out = []
+    for name, pa, size, blade, cache in segments(sysm):
+        exps = [Expectation(INIT_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
+                            why="uv_system_init() maps it with init_extra_mapping_*()"),
+                Expectation(EFI_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
+                            shared_from=INIT_MM,
+                            why="UV BIOS uses it through efi_mm's copy of the kernel half")]
+        rt = [d for d in descs if d.runtime and d.phys < pa + size and pa < d.phys + d.size]
+        if rt:
+            d = rt[0]
+            ecache = frozenset({"UC", "UC-"}) if cache == UC_ONLY else None
+            exps.append(Expectation(EFI_MM, IDENTITY, pa, ecache,
+                                    why="firmware lists it as EFI runtime MMIO: mapped 1:1"))
+            if d.virt and d.virt != d.phys:
+                exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (pa - d.phys), ecache,
+                                        why="firmware lists it as EFI runtime MMIO"))
+        out.append(Range(name, pa, size, "uv", name, blade,
+                         (("hub", sysm.hub or "?"),), tuple(exps)))
+    return out

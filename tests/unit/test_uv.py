@@ -1,0 +1,125 @@
+"""UV discovery and expectations on mock programs; expected values come from the rules in
+the research notes (§2-§3) and v6.1 x2apic_uv_x.c, not from mmrwatch's output."""
+import pytest
+
+from mmrwatch.collectors import engine, uv, x86
+from mmrwatch.collectors.check import CRITICAL, OK, WARNING
+from mmrwatch.collectors.target import Target
+from tests.synth import KERNEL, UC, SynthKernel
+
+MMR_HI = 0x3FFF0000000          # a made-up MMR_HI base, 64 MiB aligned
+HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (8, 8), "UV5": (16, 9)}
+
+
+def _uv(hub: str, blades: int, v510=True, healthy=True, gru=True):
+    k = SynthKernel(ram_mib=32)
+    k.direct_map_ram()
+    hub_type, rev = HUB[hub]
+    shift = 25 if hub == "UV5" else 26
+    gseg = 1 << (25 if hub == "UV5" else 26 if hub.startswith("UV4") else 28)
+    gbase = 0x7FF00000000
+    k.set_uv(hub_type=hub_type, revision=rev, pnodes=tuple(range(blades)),
+             mmr_base=MMR_HI | (1 << 63), mmr_shift=shift,
+             gru=(gbase, gbase + blades * gseg) if gru else (0, 0), v510=v510)
+    if healthy:
+        sysm = uv.UVSystem(uv.HUBBED, hub, rev,
+                           [uv.Hub(i, i, i, rev, MMR_HI, shift) for i in range(blades)],
+                           (gbase, gbase + blades * gseg) if gru else None, v510)
+        for name, pa, size, blade, cache in uv.segments(sysm):
+            flags = KERNEL | (UC if cache == uv.UC_ONLY else 0)
+            k.map(k.init_root, k.pob + pa, pa, size, 1 << 21, flags)
+    k.new_efi_root()
+    return k
+
+
+def _check(k):
+    t = Target(k.program(), "synth", False, "synth", None, None)
+    return engine.run_check(t, [engine.uv_source])
+
+
+@pytest.mark.parametrize("hub", list(HUB))
+@pytest.mark.parametrize("blades", [1, 2, 8])
+def test_healthy_hubs(hub, blades):
+    res = _check(_uv(hub, blades))
+    s = res.summaries["uv"]
+    assert (s["state"], s["hub"], s["blades"], s["max_pnode"]) == ("hubbed", hub, blades, blades - 1)
+    names = sorted({r.name for r in res.ranges})
+    want = {"LOCAL_MMR", "MMR_HI", "GRU_HI"} | ({"GLOBAL_MMR32"} if hub in ("UV2", "UV3") else set())
+    assert set(names) == want
+    assert sum(r.name == "MMR_HI" for r in res.ranges) == blades
+    seg = 1 << (25 if hub == "UV5" else 26)
+    assert [r.phys for r in res.ranges if r.name == "MMR_HI"] == [MMR_HI + i * seg for i in range(blades)]
+    assert res.verdict == OK, [(f.range.label, f.mm, f.message) for f in res.findings if f.problem]
+    gru = [f for f in res.findings if f.range.name == "GRU_HI"]
+    assert gru and all(f.cache_modes == ["WB"] for f in gru)
+
+
+def test_uv4_before_v510_has_16mib_global_mmr32():
+    res = _check(_uv("UV4", 1, v510=False))
+    (g,) = [r for r in res.ranges if r.name == "GLOBAL_MMR32"]
+    assert (g.phys, g.size) == (0xFC000000, 16 << 20)
+
+
+def test_one_blade_segment_missing():
+    k = _uv("UV3", 2, healthy=True)
+    # unmap blade 1's MMR_HI segment from init_mm (and so from efi_mm's shared copy)
+    base = MMR_HI + (1 << 26)
+    for off in range(0, 1 << 26, 1 << 21):
+        pmd = k.table_for(k.init_root, k.pob + base + off, x86.PMD)
+        k.write_entry(pmd, ((k.pob + base + off) >> 21) & 511, 0)
+    res = _check(k)
+    bad = {(f.range.label, f.mm) for f in res.findings if f.severity == CRITICAL}
+    assert bad == {("MMR_HI[blade 1]", "init_mm"), ("MMR_HI[blade 1]", "efi_mm")}
+
+
+def test_write_back_mmr_is_critical():
+    k = _uv("UV2", 1, healthy=False, gru=False)
+    k.map(k.init_root, k.pob + 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL)   # WB
+    res = _check(k)
+    f = next(f for f in res.findings if f.range.name == "LOCAL_MMR" and f.mm == "init_mm")
+    assert (f.status, f.severity) == ("wrong-cache", CRITICAL)
+
+
+def test_stale_slot_is_a_warning():
+    """MMR_HI mapped after efi_mm's last sync: its top-level slot is not yet in efi_mm."""
+    k = _uv("UV4", 1, healthy=False, gru=False)
+    k.map(k.init_root, k.pob + 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL | UC)
+    k.sync_kernel_half()
+    hi_va = k.pob + MMR_HI           # 4 TiB up: its own top-level slot
+    k.map(k.init_root, hi_va, MMR_HI, 1 << 26, 1 << 21, KERNEL | UC)   # after the sync
+    res = _check(k)
+    f = next(f for f in res.findings if f.range.name == "MMR_HI" and f.mm == "efi_mm")
+    assert (f.status, f.severity) == ("stale", WARNING)
+    assert res.verdict == WARNING
+
+
+@pytest.mark.parametrize("kw,state", [
+    (dict(system_type=0), uv.NOT_UV_HW),
+    (dict(system_type=0, hubless=1), uv.HUBLESS),
+])
+def test_no_hub_states_have_no_ranges(kw, state):
+    k = SynthKernel()
+    k.direct_map_ram()
+    k.new_efi_root()
+    k.set_uv(**kw)
+    res = _check(k)
+    assert res.summaries["uv"]["state"] == state and res.ranges == []
+
+
+def test_not_a_uv_kernel():
+    k = SynthKernel()
+    k.direct_map_ram()
+    k.new_efi_root()
+    res = _check(k)
+    assert res.summaries["uv"]["state"] == uv.NOT_UV_KERNEL and res.ranges == []
+
+
+def test_2016_regression_runtime_mmio_only_in_efi_identity():
+    k = _uv("UV2", 1, healthy=False, gru=False)
+    k.map(k.efi_root, 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL | x86.PCD)
+    k.add_efi_desc(11, 0xFA000000, 0, (32 << 20) >> 12, (1 << 63) | 1)
+    res = _check(k)
+    f = {(x.mm, x.exp.rule): x for x in res.findings if x.range.name == "LOCAL_MMR"}
+    assert f[("efi_mm", "identity")].severity == OK
+    assert f[("init_mm", "direct")].status == "missing"
+    assert f[("init_mm", "direct")].severity == CRITICAL
