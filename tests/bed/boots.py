@@ -37,6 +37,8 @@ PLANS: dict[str, BootPlan] = {
     "debian-seabios": BootPlan("debian", BootSpec(firmware="seabios", la57=False, mem_mib=512)),
     "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512), truth=True),
     "uv-l4": BootPlan("uv", BootSpec(la57=False, mem_mib=512), truth=True),
+    "uv-inject": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
+                                         append="crashkernel=192M")),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }

@@ -137,6 +137,8 @@ class Guest:
 
     def start(self, timeout: float = 300) -> "Guest":
         t0 = time.monotonic()
+        for stale in (self.console, self.qmp_path):    # a reused work dir must not fool us
+            stale.unlink(missing_ok=True)
         self.proc = subprocess.Popen(self._cmdline(), stdout=open(self.dir / "qemu.out", "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_console("MMRWATCH-READY", timeout)

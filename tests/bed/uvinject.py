@@ -1,0 +1,185 @@
+"""UV personalities for a running UV-enabled guest: write the state uv_system_init() leaves.
+
+UV hardware cannot be emulated, so the test bed boots the CONFIG_X86_UV kernel and, with the
+guest paused, writes into its RAM file exactly what ``uv_system_init()`` would have left:
+``uv_system_type``, hub info structures (laid out with the vmlinux's own DWARF), the node
+list, GRU bounds, and 2 MiB uncached PMDs in init_mm at ``page_offset_base + phys``.  New
+structures and table pages come from a ``crashkernel=`` reservation: RAM the kernel maps
+(so pointers into it translate) but never uses.  Nothing in the guest touches them, so it
+keeps running.  Scenario expectations are written in the tests from the rules.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+
+from mmrwatch.collectors import x86
+from mmrwatch.collectors.kernel import read_facts
+
+from .qemu import Guest
+
+LEAF_UC = x86.P | x86.RW | x86.A | x86.D | x86.PSE | x86.NX | x86.PCD | x86.PWT
+LEAF_WB = x86.P | x86.RW | x86.A | x86.D | x86.PSE | x86.NX
+TABLE = x86.P | x86.RW | x86.US | x86.A | x86.D      # __init_extra_mapping(): _KERNPG_TABLE|_PAGE_USER
+EFI_UCMINUS = x86.P | x86.RW | x86.A | x86.D | x86.PSE | x86.NX | x86.PCD
+UV_X2APIC = 2
+HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (8, 8), "UV5": (16, 9)}
+
+
+class GuestMemory:
+    """drgn over the guest's RAM file, and writes to it (guest must be paused)."""
+
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+        self.ram = guest.ram()
+        # vmcoreinfo_data: a NUL-terminated "KEY=value\n" buffer starting with OSRELEASE=
+        start = self.ram.find(b"OSRELEASE=" + guest.kernel.release.encode() + b"\n")
+        if start < 0:
+            raise RuntimeError("no VMCOREINFO found in guest RAM")
+        vmcoreinfo = self.ram[start:self.ram.find(b"\0", start)]
+        self.prog = drgn.Program(drgn.Platform(drgn.Architecture.X86_64))
+        ram = self.ram
+        self.prog.add_memory_segment(0, len(ram), lambda a, n, off, p: ram[off:off + n], True)
+        self.prog.set_linux_kernel_custom(vmcoreinfo, False)
+        self.prog.load_debug_info([str(guest.kernel.vmlinux)])
+        self.facts = read_facts(self.prog)
+        crash = self.prog["crashk_res"]
+        self.pool, self.pool_end = int(crash.start), int(crash.end) + 1
+        if self.pool >= self.pool_end:
+            raise RuntimeError("boot the guest with crashkernel=64M for an injection pool")
+
+    def alloc(self, size: int = 4096) -> int:
+        pa = (self.pool + 4095) & ~4095
+        self.pool = pa + size
+        if self.pool > self.pool_end:
+            raise MemoryError("crashkernel pool exhausted")
+        self.ram[pa:pa + size] = bytes(size)
+        return pa
+
+    def write(self, pa: int, data: bytes) -> None:
+        self.ram[pa:pa + len(data)] = data
+
+    def pa_of(self, name: str) -> int:
+        return self.facts.image_pa(self.prog[name].address_)
+
+    def set_var(self, name: str, value) -> None:
+        obj = self.prog[name]
+        self.write(self.pa_of(name), drgn.Object(self.prog, obj.type_, value=value).to_bytes_())
+
+    def entry(self, table: int, idx: int) -> int:
+        return struct.unpack_from("<Q", self.ram, table + 8 * idx)[0]
+
+    def set_entry(self, table: int, idx: int, val: int) -> None:
+        struct.pack_into("<Q", self.ram, table + 8 * idx, val)
+
+    def root(self, mm: str) -> int:
+        return self.facts.kernel_pa(self.prog[mm].pgd.value_())
+
+    def pmd_table(self, root: int, va: int) -> int:
+        """The PMD table for ``va`` under ``root``, creating levels like __init_extra_mapping."""
+        t = root
+        for lvl in range(x86.top_level(self.facts.levels), x86.PMD):
+            idx = (va >> x86.level_shift(lvl)) & 511
+            e = self.entry(t, idx)
+            if not e & x86.P:
+                child = self.alloc()
+                self.set_entry(t, idx, child | TABLE)
+                t = child
+            elif lvl == x86.PUD and e & x86.PSE:
+                raise RuntimeError(f"0x{va:x} is inside a 1 GiB page")
+            else:
+                t = e & x86.PTE_PFN_MASK
+        return t
+
+    def map_2m(self, root: int, va: int, pa: int, size: int, flags: int) -> None:
+        for off in range(0, size, 1 << 21):
+            t = self.pmd_table(root, va + off)
+            self.set_entry(t, ((va + off) >> 21) & 511, (pa + off) | flags)
+
+    def unmap_2m(self, root: int, va: int, size: int) -> None:
+        for off in range(0, size, 1 << 21):
+            t = self.pmd_table(root, va + off)
+            self.set_entry(t, ((va + off) >> 21) & 511, 0)
+
+    def sync_kernel_half(self) -> None:
+        """What efi_sync_low_kernel_mappings() does at the next EFI call (top level)."""
+        init, efi = self.root("init_mm"), self.root("efi_mm")
+        pob_idx = (self.facts.page_offset_base >> (48 if self.facts.levels == 5 else 39)) & 511
+        for idx in range(pob_idx, 511):
+            self.set_entry(efi, idx, self.entry(init, idx))
+
+    def add_runtime_mmio(self, phys: int, size: int) -> None:
+        """Append an EFI_MEMORY_MAPPED_IO runtime descriptor to the kernel's efi.memmap."""
+        mm = self.prog["efi"].memmap
+        n, dsize = int(mm.nr_map), int(mm.desc_size)
+        old = bytes(self.prog.read(mm.map.value_(), n * dsize))
+        new = self.alloc(((n + 1) * dsize + 4095) & ~4095)
+        desc = struct.pack("<IIQQQQ", 11, 0, phys, 0, size >> 12, (1 << 63) | 1).ljust(dsize, b"\0")
+        self.write(new, old + desc)
+        base = self.facts.page_offset_base
+        mpa = self.facts.kernel_pa(self.prog["efi"].address_of_().value_())
+        off = {m: self.prog.type("struct efi").member(m).offset for m in ("memmap",)}["memmap"]
+        t = self.prog.type("struct efi_memory_map")
+        vals = {"phys_map": new, "map": base + new, "map_end": base + new + (n + 1) * dsize,
+                "nr_map": n + 1, "desc_version": int(mm.desc_version), "desc_size": dsize,
+                "flags": int(mm.flags)}
+        self.write(mpa + off, drgn.Object(self.prog, t, value=vals).to_bytes_())
+
+
+@dataclass(frozen=True)
+class Personality:
+    hub: str
+    blades: int = 1
+    mmr_hi: int = 0x3FFF0000000
+    gru: Optional[int] = 0x7FF00000000
+
+
+def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str, tuple[int, int]]:
+    """Install hub state for ``p`` and (optionally) its init_mm mappings; returns the ranges."""
+    prog = gm.prog
+    hub_type, rev = HUB[p.hub]
+    shift = 25 if p.hub == "UV5" else 26
+    gshift = 25 if p.hub == "UV5" else 26 if p.hub.startswith("UV4") else 28
+    t = prog.type("struct uv_hub_info_s")
+    lst = gm.alloc(8 * max(p.blades, int(prog["nr_node_ids"])))
+    for node in range(p.blades):
+        h = gm.alloc()
+        vals = {"hub_revision": rev, "global_mmr_base": p.mmr_hi, "global_mmr_shift": shift,
+                "pnode": node, "numa_blade_id": node, "m_val": 40, "n_val": 6}
+        if any(m.name == "hub_type" for m in t.members):
+            vals["hub_type"] = hub_type
+        gm.write(h, drgn.Object(prog, t, value=vals).to_bytes_())
+        struct.pack_into("<Q", gm.ram, lst + 8 * node, gm.facts.page_offset_base + h)
+    gm.set_var("__uv_hub_info_list", gm.facts.page_offset_base + lst)
+    gm.set_var("uv_min_hub_revision_id", rev)
+    ranges = {"LOCAL_MMR": (0xFA000000, 32 << 20),
+              "MMR_HI": (p.mmr_hi, p.blades << shift)}
+    if p.hub in ("UV2", "UV3"):
+        ranges["GLOBAL_MMR32"] = (0xFC000000, 32 << 20)
+    if p.gru:
+        gm.set_var("gru_start_paddr", p.gru)
+        gm.set_var("gru_end_paddr", p.gru + (p.blades << gshift))
+        ranges["GRU_HI"] = (p.gru, p.blades << gshift)
+    gm.set_var("uv_system_type", UV_X2APIC)
+    if map_init:
+        init = gm.root("init_mm")
+        for name, (pa, size) in ranges.items():
+            gm.map_2m(init, gm.facts.page_offset_base + pa, pa, size,
+                      LEAF_WB if name == "GRU_HI" else LEAF_UC)
+        gm.sync_kernel_half()
+    return ranges
+
+
+def inject(guest: Guest, fn) -> None:
+    """Run ``fn(GuestMemory)`` with the guest paused (no torn state is ever visible)."""
+    guest.pause()
+    try:
+        gm = GuestMemory(guest)
+        fn(gm)
+        gm.ram.flush()
+    finally:
+        guest.resume()
