@@ -98,20 +98,6 @@ def context(target: Target) -> Context:
     return Context(prog, facts, spaces, efi.read_memmap(prog))
 
 
-def _collect(src: RangeSource, ctx: Context, live: bool) -> list[Range]:
-    """Run a source; on a live kernel retry once after a fault (data changes under a live
-    reader, as drgn's own crash commands assume), leaving a note that it happened."""
-    try:
-        return src(ctx)
-    except drgn.FaultError as e:
-        if not live:
-            raise
-        ctx.notes.append(f"{getattr(src, '__name__', 'source')}: live read faulted ({e}); "
-                         "retried once")
-        time.sleep(0.2)
-        return src(ctx)
-
-
 def run_check(target: Target, sources: list[RangeSource],
               ctx: Optional[Context] = None) -> CheckResult:
     """Collect every source's ranges and check them against both address spaces."""
@@ -119,7 +105,7 @@ def run_check(target: Target, sources: list[RangeSource],
     ctx = ctx or context(target)
     ranges: list[Range] = []
     for src in sources:
-        ranges.extend(_collect(src, ctx, target.live))
+        ranges.extend(src(ctx))
     walker = make_walker(ctx.prog, ctx.facts)
     findings = Checker(ctx.facts, ctx.spaces, walker).check(ranges)
     return CheckResult(target, ctx.facts, ctx.spaces, ranges, findings, list(walker.errors),

@@ -48,14 +48,18 @@ class GuestMemory:
         self.prog.load_debug_info([str(guest.kernel.vmlinux)])
         self.facts = read_facts(self.prog)
         crash = self.prog["crashk_res"]
-        self.pool, self.pool_end = int(crash.start), int(crash.end) + 1
-        if self.pool >= self.pool_end:
+        self.pool_end = int(crash.end) + 1
+        if int(crash.start) >= self.pool_end:
             raise RuntimeError("boot the guest with crashkernel=64M for an injection pool")
+        # The cursor lives with the guest: a later injection must not reuse (and so
+        # overwrite) the structures an earlier one placed in the pool.
+        if not hasattr(guest, "_uv_pool"):
+            guest._uv_pool = int(crash.start)
 
     def alloc(self, size: int = 4096) -> int:
-        pa = (self.pool + 4095) & ~4095
-        self.pool = pa + size
-        if self.pool > self.pool_end:
+        pa = (self.guest._uv_pool + 4095) & ~4095
+        self.guest._uv_pool = pa + size
+        if self.guest._uv_pool > self.pool_end:
             raise MemoryError("crashkernel pool exhausted")
         self.ram[pa:pa + size] = bytes(size)
         return pa
