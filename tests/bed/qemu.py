@@ -147,28 +147,26 @@ class Guest:
             f"{'5' if self.spec.la57 else '4'}-level) in {self.boot_seconds:.1f} s")
         return self
 
-    def wait_console(self, text: str, timeout: float) -> None:
-        """Wait for ``text`` on the serial console (fails early if QEMU dies)."""
+    def _wait(self, done, timeout: float, what: str) -> None:
+        """Poll ``done()`` until true; fail early with the console tail if QEMU dies."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.console.exists() and text in self.console.read_text(errors="replace"):
-                return
+        while not done():
             if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"QEMU exited ({self.proc.returncode}): "
+                raise RuntimeError(f"QEMU exited ({self.proc.returncode}) waiting for {what}: "
                                    f"{(self.dir / 'qemu.out').read_text()[-2000:]}\n"
                                    f"console tail: {self.console_tail()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"no {text!r} on the console after {timeout} s: {self.console_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} after {timeout} s: {self.console_tail()}")
+            time.sleep(0.05)
+
+    def wait_console(self, text: str, timeout: float) -> None:
+        """Wait for ``text`` on the serial console."""
+        self._wait(lambda: self.console.exists()
+                   and text in self.console.read_text(errors="replace"), timeout, repr(text))
 
     def wait_file(self, path: Path, timeout: float) -> None:
         """Wait until the guest has created ``path`` in the exchange directory."""
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"guest did not create {path.name} in {timeout} s")
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"guest died: {self.console_tail()}")
-            time.sleep(0.05)
+        self._wait(path.exists, timeout, path.name)
 
     def console_tail(self, n: int = 3000) -> str:
         return self.console.read_text(errors="replace")[-n:] if self.console.exists() else ""
@@ -202,14 +200,8 @@ class Guest:
         tmp = self.xfer / "cmd" / f".{n}.tmp"
         tmp.write_text(script + "\n")
         tmp.rename(self.xfer / "cmd" / f"{n}.sh")
-        deadline = time.monotonic() + timeout
         rcf = out / f"{n}.rc"
-        while not rcf.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"guest command timed out after {timeout} s: {script[:200]}")
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"guest died while running: {script[:200]}\n{self.console_tail()}")
-            time.sleep(0.1)
+        self._wait(rcf.exists, timeout, f"exit status of guest command {script[:120]!r}")
         rc = int(rcf.read_text().strip() or "-1")
         so = (out / f"{n}.out").read_text(errors="replace")
         se = (out / f"{n}.err").read_text(errors="replace")
