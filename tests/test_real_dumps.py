@@ -29,7 +29,8 @@ def flash(doc):
     return {(e["mm"], e["rule"]): e for e in r["expectations"]}
 
 
-@pytest.mark.parametrize("name,levels", [("debian-l5", 5), ("debian-l4-efidebug", 4)])
+@pytest.mark.parametrize("name,levels", [("debian-l5", 5), ("debian-l4-efidebug", 4),
+                                         ("uv-l5", 5), ("uv-l4-efidebug", 4)])
 def test_efi_runtime_audit_on_real_firmware(bed, name, levels):
     """OVMF's flash MMIO is mapped in efi_mm 1:1 and at its EFI VA, absent from init_mm."""
     b = bed.boot(name)
@@ -71,6 +72,8 @@ def test_kdump_compressed_dump_gives_the_same_findings(bed):
 @pytest.mark.parametrize("name,reason", [
     ("debian-noruntime", "runtime services disabled"),
     ("debian-seabios", "not booted through EFI"),
+    ("uv-noruntime", "runtime services disabled"),
+    ("uv-seabios", "not booted through EFI"),
 ])
 def test_efi_mm_without_table_is_a_clear_state(bed, name, reason):
     b = bed.boot(name)
@@ -81,7 +84,7 @@ def test_efi_mm_without_table_is_a_clear_state(bed, name, reason):
     res = mmrwatch("ptdump", "--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux),
                    "--mm", "efi", check_rc=0)
     assert reason in res.stderr and res.stdout == ""
-    if name == "debian-seabios":
+    if name.endswith("seabios"):
         assert b.facts["efi"] == "no"
 
 

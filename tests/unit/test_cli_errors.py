@@ -1,0 +1,69 @@
+"""Bad inputs: one line on stderr, a documented exit code, never a traceback."""
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from mmrwatch.agent import cli
+
+
+def run(*args):
+    res = subprocess.run([sys.executable, "-m", "mmrwatch", *args], capture_output=True, text=True)
+    assert "Traceback" not in res.stderr
+    return res
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _elf_core(path, phdr_filesz=4096, note=False):
+    """A tiny ELF64 ET_CORE with one PT_LOAD claiming ``phdr_filesz`` bytes at offset 0x1000."""
+    eh = bytearray(64)
+    eh[:4] = b"\x7fELF"
+    eh[4], eh[5], eh[6] = 2, 1, 1
+    struct.pack_into("<HHIQQQIHHHHHH", eh, 16, 4, 62, 1, 0, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    ph = struct.pack("<IIQQQQQQ", 1, 4, 0x1000, 0xffff888000000000, 0, phdr_filesz,
+                     phdr_filesz, 4096)
+    data = bytes(eh) + ph
+    path.write_bytes(data.ljust(0x1000, b"\0") + bytes(4096))
+    return path
+
+
+@pytest.mark.parametrize("make,code,text", [
+    (lambda p: _write(p, b"hello" * 100), cli.EXIT_DATA, "not a kernel dump"),
+    (lambda p: _write(p, b""), cli.EXIT_DATA, "not a kernel dump"),
+    (lambda p: _write(p, b"makedumpfile\0" + bytes(100)), cli.EXIT_DATA, "makedumpfile -R"),
+    (lambda p: _elf_core(p, phdr_filesz=1 << 20), cli.EXIT_DATA, "truncated"),
+    (lambda p: _elf_core(p), cli.EXIT_DATA, "not of a Linux kernel"),
+    (lambda p: p, cli.EXIT_NOINPUT, "no such file"),
+])
+def test_bad_dumps(tmp_path, make, code, text):
+    dump = make(tmp_path / "vmcore")
+    res = run("report", "--vmcore", str(dump))
+    assert res.returncode == code, res.stderr
+    assert text in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.stdout == ""
+
+
+def test_usage_errors_are_64():
+    for args in ([], ["report"], ["report", "--vmcore", "x", "--live"], ["bogus"],
+                 ["ptdump", "--vmcore", "x", "--mm", "user"]):
+        res = run(*args)
+        assert res.returncode == cli.EXIT_USAGE, (args, res.stderr)
+
+
+def test_bad_ranges_file_is_refused_before_the_dump_is_opened(tmp_path):
+    bad = tmp_path / "r.toml"
+    bad.write_text("[[range]]\nname='x'\n")
+    res = run("report", "--vmcore", "/nonexistent", "--ranges", str(bad))
+    assert res.returncode == cli.EXIT_DATA and "missing field 'start'" in res.stderr
+
+
+def test_help_documents_exit_codes():
+    res = run("report", "--help")
+    assert res.returncode == 0
+    for code in ("64", "65", "66", "69", "70", "77"):
+        assert f"\n  {code}" in res.stdout
