@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _KIND_EXIT[e.kind]
     except RangesError as e:
         print(f"mmrwatch: {e}", file=sys.stderr)
-        return EXIT_NOINPUT if "cannot read" in str(e) and "No such file" in str(e) else EXIT_DATA
+        return EXIT_NOINPUT if e.missing else EXIT_DATA
     except KeyboardInterrupt:
         print("mmrwatch: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ import mmrwatch
 from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
 from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
+from mmrwatch.collectors import x86
 from mmrwatch.collectors.x86 import perm_string
 
 SCHEMA_VERSION = 1
@@ -125,8 +126,8 @@ def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
         "page_sizes": f.page_sizes,
         "extents": [{"va": _hex(x.va), "pa": _hex(x.pa), "size": x.size,
                      "page_size": x.page_size, "cache_mode": res.facts.cache.mode(x.val, x.level),
-                     "writable": bool(x.eff & 2), "executable": not x.eff >> 63,
-                     "user": bool(x.eff & 4)} for x in f.extents],
+                     "writable": bool(x.eff & x86.RW), "executable": not x.eff & x86.NX,
+                     "user": bool(x.eff & x86.US)} for x in f.extents],
     }
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
-from .pagetable import Extent, Walker, extents
+from .pagetable import Extent, TableFault, Walker, extents
 from .ranges import Expectation, Range
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
@@ -147,7 +147,7 @@ class Checker:
         bits = 48 if self.facts.levels == 5 else 39
         try:
             table = self.walker.reader.table(root_pa)
-        except Exception:
+        except TableFault:
             return None
         return 0 if table is None else table[(va >> bits) & 511]
 

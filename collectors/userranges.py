@@ -35,6 +35,10 @@ _KNOWN = {"name", "start", "size", "mms", "va", "cache", "writable", "executable
 class RangesError(ValueError):
     """A ranges file that cannot be used; the message is one line for the user."""
 
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing      # the file does not exist (vs. exists but is unusable)
+
 
 def parse_size(v: Any) -> int:
     """Bytes from an integer or a string such as ``"2MiB"`` / ``"0x200000"``."""
@@ -73,7 +77,8 @@ def load(path: Path) -> list[dict[str, Any]]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as e:
-        raise RangesError(f"{path}: cannot read: {e.strerror}") from None
+        raise RangesError(f"{path}: cannot read: {e.strerror}",
+                          missing=isinstance(e, FileNotFoundError)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RangesError(f"{path}: not valid TOML: {e}") from None
     items = data.get("range", [])

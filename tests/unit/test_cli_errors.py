@@ -67,3 +67,8 @@ def test_help_documents_exit_codes():
     assert res.returncode == 0
     for code in ("64", "65", "66", "69", "70", "77"):
         assert f"\n  {code}" in res.stdout
+
+
+def test_missing_ranges_file_is_66(tmp_path):
+    res = run("report", "--vmcore", "/nonexistent", "--ranges", str(tmp_path / "none.toml"))
+    assert res.returncode == cli.EXIT_NOINPUT and "cannot read" in res.stderr
