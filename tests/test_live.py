@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from tests.bed.boots import NET_PORT
+
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
 
@@ -11,12 +13,31 @@ def _summary(doc):
                    tuple(e["cache_modes"])) for r in doc["ranges"] for e in r["expectations"])
 
 
+def _fetch(url: str, timeout: float = 120) -> str:
+    """GET ``url`` on the host's loopback, retrying while the guest's server starts."""
+    import time
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_live_check_in_guest_agrees_with_dump(bed):
     import sys
     from tests.conftest import mmrwatch
     live = {}
 
     def in_guest(guest, res):
+        # the forwarded loopback port reaches a server inside the guest (the exporter's path)
+        guest.run(f"cd /tmp && echo mmrwatch-guest > hello && nohup {sys.executable} -m "
+                  "http.server 19864 --bind 0.0.0.0 > /dev/null 2>&1 &")
+        live["http"] = _fetch(f"http://127.0.0.1:{NET_PORT}/hello")
         rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
                                  f"{res.kernel.vmlinux} --format json", timeout=600, check=False)
         live.update(rc=rc, out=out, err=err)
@@ -37,3 +58,4 @@ def test_live_check_in_guest_agrees_with_dump(bed):
     assert doc["address_spaces"] == dumped["address_spaces"]
     assert _summary(doc) == _summary(dumped)
     assert any(r["kind"] == "MMIO" for r in doc["ranges"])
+    assert live["http"] == "mmrwatch-guest\n"

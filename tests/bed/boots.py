@@ -28,6 +28,15 @@ class BootPlan:
     real_kdump: bool = False         # finally crash it and keep the capture kernel's dump
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a forwarded guest service."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+NET_PORT = free_port()
 PLANS: dict[str, BootPlan] = {
     "debian-l5": BootPlan("debian", BootSpec(la57=True, mem_mib=512), kdump_format=True),
     "debian-l4-efidebug": BootPlan("debian", BootSpec(la57=False, append="efi=debug",
@@ -35,7 +44,8 @@ PLANS: dict[str, BootPlan] = {
     "debian-noruntime": BootPlan("debian", BootSpec(la57=False, append="efi=noruntime",
                                                     mem_mib=512)),
     "debian-seabios": BootPlan("debian", BootSpec(firmware="seabios", la57=False, mem_mib=512)),
-    "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512), truth=True),
+    "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512, hostfwd=(NET_PORT, 19864)),
+                      truth=True),
     "uv-l4": BootPlan("uv", BootSpec(la57=False, mem_mib=512), truth=True),
     "uv-l4-efidebug": BootPlan("uv", BootSpec(la57=False, append="efi=debug", mem_mib=512)),
     "uv-noruntime": BootPlan("uv", BootSpec(la57=True, append="efi=noruntime", mem_mib=512)),
