@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(d)
     d.add_argument("--mm", choices=("kernel", "efi"), default="kernel",
                    help="kernel = init_mm, efi = efi_mm (default kernel)")
+    d.add_argument("--uv", action="store_true",
+                   help="append the UV system summary and where each UV range sits in this "
+                        "table (without it the output is identical to the kernel's)")
     return p
 
 
@@ -100,10 +103,27 @@ def cmd_ptdump(args: argparse.Namespace) -> int:
         return EXIT_OK
     walker = kernel.make_walker(t.prog, facts)
     lines = ptdump.render(walker, space.root_pa, ptdump.kernel_markers(t.prog, facts))
+    if args.uv:
+        lines += _uv_annotation(t, space.name)
     sys.stdout.write("\n".join(lines) + "\n")
     for e in walker.errors:
         print(f"mmrwatch: page-table error: {e}", file=sys.stderr)
     return EXIT_OK
+
+
+def _uv_annotation(t, mm_name: str) -> list[str]:
+    """UV summary plus one line per UV range expected in ``mm_name`` and its status."""
+    from mmrwatch.agent.report import _uv_line
+    from mmrwatch.collectors import engine
+    ctx = engine.context(t)
+    res = engine.run_check(t, [engine.uv_source], ctx)
+    out = [f"---[ mmrwatch: {_uv_line(res.summaries['uv'])} ]---"]
+    for f in res.findings:
+        if f.mm == mm_name:
+            out.append(f"0x{f.exp.va:016x}-0x{f.exp.va + f.range.size:016x}   "
+                       f"{f.range.label:<18} PA 0x{f.range.phys:x}  {f.exp.rule:<8} "
+                       f"{f.status} {'/'.join(f.cache_modes)}".rstrip())
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,6 +17,7 @@ recorded ``WalkError``; the walk never raises for table contents and never loops
 from __future__ import annotations
 
 from array import array
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -65,7 +66,9 @@ class TableReader:
 
     def __init__(self, read_phys: ReadPhys, limit: int = 8192) -> None:
         self._read = read_phys
-        self._cache: dict[int, Optional[array]] = {}
+        # OrderedDict: evicting the oldest page is O(1); next(iter(dict)) is not once many
+        # slots have been deleted (CPython scans past them).
+        self._cache: OrderedDict[int, Optional[array]] = OrderedDict()
         self._limit = limit
         self.reads = 0
 
@@ -82,7 +85,7 @@ class TableReader:
         self.reads += 1
         arr = None if raw == _ZERO else array("Q", raw)
         if len(self._cache) >= self._limit:
-            del self._cache[next(iter(self._cache))]
+            self._cache.popitem(last=False)
         self._cache[pa] = arr
         return arr
 
@@ -272,20 +275,21 @@ class Extent:
 
 def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Extent]:
     """Present leaves of ``[start, end)`` merged across tables into ``Extent`` records."""
-    out: list[Extent] = []
+    runs: list[list[int]] = []      # [va, pa, size, level, val, eff], mutable while merging
     mask = walker.phys_mask
+    flags = x86.PTE_FLAGS_MASK
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
         if not val & P:
             return
         pa = x86.entry_pa(val, level, mask)
-        if out:
-            e = out[-1]
-            if (e.va + e.size == va and e.pa + e.size == pa and e.level == level
-                    and e.val & x86.PTE_FLAGS_MASK == val & x86.PTE_FLAGS_MASK and e.eff == eff):
-                out[-1] = Extent(e.va, e.pa, e.size + size, level, e.val, eff)
+        if runs:
+            r = runs[-1]
+            if (r[0] + r[2] == va and r[1] + r[2] == pa and r[3] == level
+                    and r[4] & flags == val & flags and r[5] == eff):
+                r[2] += size
                 return
-        out.append(Extent(va, pa, size, level, val, eff))
+        runs.append([va, pa, size, level, val, eff])
 
     walker.walk(root_pa, start, end, leaf)
-    return iter(out)
+    return (Extent(*r) for r in runs)

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 LOCAL = (0xFA000000, 32 << 20)
 
 
-def _report(guest, b, tag):
+def _report(guest, b, tag, also=None):
     guest.pause()
     try:
         dump = guest.dump(b.dir / f"{tag}.elf")
@@ -26,6 +26,8 @@ def _report(guest, b, tag):
         guest.resume()
     res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(b.kernel.vmlinux),
                    "--format", "json")
+    if also is not None:
+        also(dump)
     dump.unlink()
     return json.loads(res.stdout), res.returncode
 
@@ -58,7 +60,10 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         seen["stale"] = _report(guest, b, "stale")
         # 2. the next EFI call copies the kernel half: healthy
         U.inject(guest, lambda gm: gm.sync_kernel_half())
-        seen["healthy"] = _report(guest, b, "healthy")
+        def ptdump_uv(dump):
+            seen["ptdump"] = mmrwatch("ptdump", "--vmcore", str(dump), "--vmlinux",
+                                      str(b.kernel.vmlinux), "--uv", check_rc=0).stdout
+        seen["healthy"] = _report(guest, b, "healthy", ptdump_uv)
         # 3. a write-back LOCAL_MMR
         U.inject(guest, lambda gm: gm.map_2m(gm.root("init_mm"), pob["v"] + LOCAL[0], *LOCAL,
                                              U.LEAF_WB))
@@ -90,6 +95,11 @@ def test_uv_scenarios_on_a_running_kernel(bed):
     for name in ("LOCAL_MMR", "MMR_HI", "GRU_HI"):
         assert _st(doc, name, "init_mm") == _st(doc, name, "efi_mm") == ("ok", "ok")
     assert "GLOBAL_MMR32" not in {r["name"] for r in doc["ranges"]}   # UV4 on v5.10+
+
+    tail = seen["ptdump"].split("---[ mmrwatch: ")[1].splitlines()
+    assert tail[0] == "hubbed UV4 (revision 7), 1 blade(s), pnodes 0-0 ]---"
+    assert [ln.split()[1] for ln in tail[1:]] == ["LOCAL_MMR", "MMR_HI[blade", "GRU_HI[blade"]
+    assert all(" ok " in ln for ln in tail[1:])
 
     doc, rc = seen["wb"]
     assert _st(doc, "LOCAL_MMR", "init_mm") == ("wrong-cache", "critical") and rc == 2
