@@ -45,6 +45,21 @@ class BootSpec:
     extra_shares: dict[str, str] = field(default_factory=dict)
 
 
+def reclaim_stale_ram(shm: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove guest RAM files left by test processes that died without stopping their guest
+    (each is the size of a guest's memory and lives in tmpfs)."""
+    gone = []
+    for f in shm.glob("mmrwatch-*-*.ram"):
+        try:
+            pid = int(f.name.split("-")[1])
+        except ValueError:
+            continue
+        if not Path(f"/proc/{pid}").exists():
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
 def default_shares() -> dict[str, str]:
     """Host directories the guest sees at the same paths (read-only)."""
     shares = {"pyprefix": sys.base_prefix, "repo": str(REPO), "cache": str(cache_root())}
@@ -139,6 +154,7 @@ class Guest:
         t0 = time.monotonic()
         for stale in (self.console, self.qmp_path):    # a reused work dir must not fool us
             stale.unlink(missing_ok=True)
+        reclaim_stale_ram()
         self.proc = subprocess.Popen(self._cmdline(), stdout=open(self.dir / "qemu.out", "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_console("MMRWATCH-READY", timeout)
