@@ -94,30 +94,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ptdump(args: argparse.Namespace) -> int:
-    from mmrwatch.collectors import kernel, mm, ptdump
+    from mmrwatch.collectors import engine, kernel, mm, ptdump
     t = _open(args)
-    facts = kernel.read_facts(t.prog)
-    space = mm.address_spaces(t.prog, facts)[mm.MM_ALIASES[args.mm]]
+    ctx = engine.context(t)
+    facts, space = ctx.facts, ctx.spaces[mm.MM_ALIASES[args.mm]]
     if not space.has_table:
         print(f"mmrwatch: {space.name} has no page table: {space.reason}", file=sys.stderr)
         return EXIT_OK
     walker = kernel.make_walker(t.prog, facts)
     lines = ptdump.render(walker, space.root_pa, ptdump.kernel_markers(t.prog, facts))
     if args.uv:
-        lines += _uv_annotation(t, space.name)
+        lines += _uv_annotation(t, ctx, space.name)
     sys.stdout.write("\n".join(lines) + "\n")
     for e in walker.errors:
         print(f"mmrwatch: page-table error: {e}", file=sys.stderr)
     return EXIT_OK
 
 
-def _uv_annotation(t, mm_name: str) -> list[str]:
+def _uv_annotation(t, ctx, mm_name: str) -> list[str]:
     """UV summary plus one line per UV range expected in ``mm_name`` and its status."""
-    from mmrwatch.agent.report import _uv_line
+    from mmrwatch.agent.report import uv_line
     from mmrwatch.collectors import engine
-    ctx = engine.context(t)
     res = engine.run_check(t, [engine.uv_source], ctx)
-    out = [f"---[ mmrwatch: {_uv_line(res.summaries['uv'])} ]---"]
+    out = [f"---[ mmrwatch: {uv_line(res.summaries['uv'])} ]---"]
     for f in res.findings:
         if f.mm == mm_name:
             out.append(f"0x{f.exp.va:016x}-0x{f.exp.va + f.range.size:016x}   "

@@ -12,6 +12,7 @@ import mmrwatch
 from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
 from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
+from mmrwatch.collectors.ranges import human_size
 from mmrwatch.collectors import x86
 from mmrwatch.collectors.x86 import perm_string
 
@@ -24,13 +25,6 @@ def _hex(v: int | None) -> str | None:
     return f"-0x{-v:x}" if v < 0 else f"0x{v:x}"   # phys_base may be negative
 
 
-def _size(n: int) -> str:
-    for unit, sh in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << sh and n % (1 << sh) == 0:
-            return f"{n >> sh} {unit}"
-    return f"{n} B" if n < 1 << 10 else f"{n / (1 << 20):.1f} MiB"
-
-
 def verdict_line(res: CheckResult) -> str:
     """One sentence an SRE can act on."""
     problems = [f for f in res.findings if f.problem]
@@ -41,16 +35,16 @@ def verdict_line(res: CheckResult) -> str:
     head = "CRITICAL" if crit else "WARNING"
     first = (crit or problems)[0]
     more = len(problems) - 1
-    return (f"{head}: {first.range.label} ({_hex(first.range.phys)}, {_size(first.range.size)}) "
+    return (f"{head}: {first.range.label} ({_hex(first.range.phys)}, {human_size(first.range.size)}) "
             f"{first.message}" + (f"; and {more} more problem{'s' if more > 1 else ''}"
                                   if more else ""))
 
 
-def _finding_line(f: Finding, res: CheckResult) -> str:
+def _finding_line(f: Finding) -> str:
     modes = "/".join(f.cache_modes) or "-"
-    pages = "/".join(_size(p).replace(" ", "") for p in f.page_sizes) or "-"
+    pages = "/".join(human_size(p).replace(" ", "") for p in f.page_sizes) or "-"
     return (f"    {f.mm:<8} {f.exp.rule:<8} {f.severity.upper():<8} {f.status:<11} "
-            f"mapped {_size(f.mapped_bytes):>8}  missing {_size(f.missing_bytes):>8}  "
+            f"mapped {human_size(f.mapped_bytes):>8}  missing {human_size(f.missing_bytes):>8}  "
             f"cache {modes:<6} pages {pages:<8} {f.message}")
 
 
@@ -70,7 +64,7 @@ def text(res: CheckResult, verbose: bool = False) -> str:
            f" {list(k.cache.table)}", ""]
     uvs = res.summaries.get("uv")
     if uvs:
-        out += ["UV system", "  " + _uv_line(uvs), ""]
+        out += ["UV system", "  " + uv_line(uvs), ""]
     out += ["Address spaces"]
     for name in (INIT_MM, EFI_MM):
         s = res.spaces[name]
@@ -83,14 +77,14 @@ def text(res: CheckResult, verbose: bool = False) -> str:
         by_range.setdefault(id(f.range), []).append(f)
     for r in res.ranges:
         attrs = " ".join(f"{a}={v}" for a, v in r.attrs)
-        out.append(f"  {r.label}  PA {_hex(r.phys)}-{_hex(r.end)} ({_size(r.size)}), "
+        out.append(f"  {r.label}  PA {_hex(r.phys)}-{_hex(r.end)} ({human_size(r.size)}), "
                    f"source {r.source}{', ' + attrs if attrs else ''}")
         for f in by_range.get(id(r), []):
-            out.append(_finding_line(f, res))
+            out.append(_finding_line(f))
             if verbose or f.severity != OK:
                 for e in f.extents[:8]:
-                    out.append(f"        VA {_hex(e.va)} -> PA {_hex(e.pa)} {_size(e.size)} "
-                               f"{_size(e.page_size).replace(' ', '')} pages "
+                    out.append(f"        VA {_hex(e.va)} -> PA {_hex(e.pa)} {human_size(e.size)} "
+                               f"{human_size(e.page_size).replace(' ', '')} pages "
                                f"{res.facts.cache.mode(e.val, e.level)} {perm_string(e.eff)}")
                 if len(f.extents) > 8:
                     out.append(f"        ... {len(f.extents) - 8} more extents")
@@ -103,7 +97,7 @@ def text(res: CheckResult, verbose: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def _uv_line(s: dict) -> str:
+def uv_line(s: dict) -> str:
     text = {"not-uv-kernel": "not a UV kernel (no UV symbols)",
             "uv-kernel-non-uv-hardware": "UV kernel on non-UV hardware (uv_system_type UV_NONE)",
             "hubless": "hubless UV system: no hub MMRs are mapped"}

@@ -15,7 +15,7 @@ from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, Walker, extents
-from .ranges import Expectation, Range
+from .ranges import Expectation, Range, human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
@@ -109,22 +109,22 @@ class Checker:
             self._maybe_stale(f)
         elif f.missing_bytes:
             f.status, f.severity = "partial", bad
-            f.message = f"{_b(f.missing_bytes)} of {_b(rng.size)} not mapped in {where}"
+            f.message = f"{human_size(f.missing_bytes)} of {human_size(rng.size)} not mapped in {where}"
             self._maybe_stale(f)
         elif f.misdirected_bytes:
             f.status, f.severity = "misdirected", bad
-            f.message = f"{_b(f.misdirected_bytes)} mapped in {where} to other physical pages"
+            f.message = f"{human_size(f.misdirected_bytes)} mapped in {where} to other physical pages"
         elif f.wrong_cache_bytes:
             f.status, f.severity = "wrong-cache", bad
-            f.message = (f"{_b(f.wrong_cache_bytes)} mapped {'/'.join(f.cache_modes)}, "
+            f.message = (f"{human_size(f.wrong_cache_bytes)} mapped {'/'.join(f.cache_modes)}, "
                          f"needs {'/'.join(sorted(exp.cache or ()))}")
         elif f.wrong_perm_bytes:
             f.status, f.severity = "wrong-perm", WARNING if exp.required else INFO
-            f.message = f"{_b(f.wrong_perm_bytes)} mapped with the wrong permissions"
+            f.message = f"{human_size(f.wrong_perm_bytes)} mapped with the wrong permissions"
         else:
             f.message = f"mapped in {where} ({'/'.join(f.cache_modes)})"
         if f.misdirected_bytes and f.status in ("missing", "partial"):
-            f.message += f"; {_b(f.misdirected_bytes)} point at other physical pages"
+            f.message += f"; {human_size(f.misdirected_bytes)} point at other physical pages"
 
     def _maybe_stale(self, f: Finding) -> None:
         """Downgrade to a warning when efi_mm only lacks a not-yet-copied kernel-half slot."""
@@ -144,12 +144,11 @@ class Checker:
                          "(no EFI call since the mapping was made)")
 
     def _top_entry(self, root_pa: int, va: int) -> Optional[int]:
-        bits = 48 if self.facts.levels == 5 else 39
         try:
             table = self.walker.reader.table(root_pa)
         except TableFault:
             return None
-        return 0 if table is None else table[(va >> bits) & 511]
+        return 0 if table is None else table[x86.top_index(va, self.facts.levels)]
 
 
 def _clip(exts, va: int, size: int) -> list[Extent]:
@@ -160,11 +159,3 @@ def _clip(exts, va: int, size: int) -> list[Extent]:
         if lo < hi:
             out.append(Extent(lo, e.pa + (lo - e.va), hi - lo, e.level, e.val, e.eff))
     return out
-
-
-def _b(n: int) -> str:
-    """Human size: exact binary unit where possible."""
-    for unit, sh in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << sh and n % (1 << sh) == 0:
-            return f"{n >> sh} {unit}"
-    return f"{n} B"

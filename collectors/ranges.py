@@ -73,6 +73,14 @@ class Range:
         return self.name if self.blade is None else f"{self.name}[blade {self.blade}]"
 
 
+def human_size(n: int) -> str:
+    """Bytes in the largest exact binary unit (``32 MiB``), else ``n B`` / ``x.x MiB``."""
+    for unit, sh in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << sh and n % (1 << sh) == 0:
+            return f"{n >> sh} {unit}"
+    return f"{n} B" if n < 1 << 10 else f"{n / (1 << 20):.1f} MiB"
+
+
 def va_for(rule: str, phys: int, facts: KernelFacts, efi_va: Optional[int] = None) -> int:
     """Where ``rule`` says ``phys`` is mapped: direct map, 1:1, or the firmware's EFI VA."""
     if rule == DIRECT:

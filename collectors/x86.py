@@ -45,6 +45,11 @@ def top_level(levels: int) -> int:
     return PGD if levels == 5 else P4D
 
 
+def top_index(va: int, levels: int) -> int:
+    """Index of ``va``'s entry in the root table (pgd with 5 levels, folded p4d with 4)."""
+    return (va >> level_shift(top_level(levels))) & (ENTRIES - 1)
+
+
 def canonical(va: int, levels: int) -> int:
     """Sign-extend a walker-built VA from bit 47 (4-level) or 56 (5-level)."""
     bit = 56 if levels == 5 else 47

@@ -112,8 +112,7 @@ class GuestMemory:
     def sync_kernel_half(self) -> None:
         """What efi_sync_low_kernel_mappings() does at the next EFI call (top level)."""
         init, efi = self.root("init_mm"), self.root("efi_mm")
-        pob_idx = (self.facts.page_offset_base >> (48 if self.facts.levels == 5 else 39)) & 511
-        for idx in range(pob_idx, 511):
+        for idx in range(x86.top_index(self.facts.page_offset_base, self.facts.levels), 511):
             self.set_entry(efi, idx, self.entry(init, idx))
 
     def add_runtime_mmio(self, phys: int, size: int) -> None:
@@ -125,13 +124,12 @@ class GuestMemory:
         desc = struct.pack("<IIQQQQ", 11, 0, phys, 0, size >> 12, (1 << 63) | 1).ljust(dsize, b"\0")
         self.write(new, old + desc)
         base = self.facts.page_offset_base
-        mpa = self.facts.kernel_pa(self.prog["efi"].address_of_().value_())
-        off = {m: self.prog.type("struct efi").member(m).offset for m in ("memmap",)}["memmap"]
+        off = self.prog["efi"].type_.member("memmap").offset
         t = self.prog.type("struct efi_memory_map")
         vals = {"phys_map": new, "map": base + new, "map_end": base + new + (n + 1) * dsize,
                 "nr_map": n + 1, "desc_version": int(mm.desc_version), "desc_size": dsize,
                 "flags": int(mm.flags)}
-        self.write(mpa + off, drgn.Object(self.prog, t, value=vals).to_bytes_())
+        self.write(self.pa_of("efi") + off, drgn.Object(self.prog, t, value=vals).to_bytes_())
 
 
 @dataclass(frozen=True)
