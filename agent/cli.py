@@ -14,7 +14,7 @@ import mmrwatch
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
 EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_DEBUGINFO = 64, 65, 66, 69
-EXIT_SOFTWARE, EXIT_PERMISSION = 70, 77
+EXIT_SOFTWARE, EXIT_OSERR, EXIT_PERMISSION, EXIT_CONFIG = 70, 71, 77, 78
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}   no problem found (report/ptdump produced)
@@ -25,7 +25,10 @@ EXIT_CODES = f"""exit codes:
   {EXIT_NOINPUT}  input not found (dump, vmlinux, ranges file, /proc/kcore)
   {EXIT_DEBUGINFO}  debug info missing, or its build-id does not match the kernel
   {EXIT_SOFTWARE}  internal error (a bug: rerun with --debug and report it)
+  {EXIT_OSERR}  serve: cannot listen on the address, or the textfile directory is unusable
   {EXIT_PERMISSION}  permission denied (reading /proc/kcore needs root + CAP_SYS_RAWIO)
+  {EXIT_CONFIG}  serve: bad --web.config.file or --ranges file
+`mmrwatch check` uses the Nagios codes instead (see `mmrwatch check --help`).
 """
 _KIND_EXIT = {"noinput": EXIT_NOINPUT, "data": EXIT_DATA, "debuginfo": EXIT_DEBUGINFO,
               "permission": EXIT_PERMISSION}
@@ -73,7 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--uv", action="store_true",
                    help="append the UV system summary and where each UV range sits in this "
                         "table (without it the output is identical to the kernel's)")
+    from . import nagios, serve
+    s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
+                       "export Prometheus metrics (HTTP and/or textfile)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+    serve.add_arguments(s)
+    c = sub.add_parser("check", help="one-shot live check for Nagios/Icinga (exit 0/1/2/3)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=nagios.EXIT_CODES)
+    nagios.add_arguments(c)
     return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+    try:
+        return serve.run(args, EXIT_USAGE, EXIT_CONFIG, EXIT_OSERR)
+    except serve.ServeError as e:
+        print(f"mmrwatch: {e}", file=sys.stderr)
+        return e.code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import nagios
+    code, out = nagios.run(args)
+    print(out)
+    return code
 
 
 def _open(args: argparse.Namespace):
@@ -129,10 +157,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmrwatch.collectors.target import TargetError
     from mmrwatch.collectors.userranges import RangesError
     parser = build_parser()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in argv
+    if next((a for a in argv if not a.startswith("-")), None) == "check":
+        return _plugin(parser, argv, debug)
     try:
         args = parser.parse_args(argv)
-        return {"report": cmd_report, "ptdump": cmd_ptdump}[args.cmd](args)
+        return {"report": cmd_report, "ptdump": cmd_ptdump, "serve": cmd_serve,
+                "check": cmd_check}[args.cmd](args)
     except UsageError as e:
         print(e, file=sys.stderr)
         print("Try 'mmrwatch --help'.", file=sys.stderr)
@@ -154,3 +186,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mmrwatch: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
               " (rerun with --debug)", file=sys.stderr)
         return EXIT_SOFTWARE
+
+
+def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> int:
+    """``check``: every failure to judge, usage errors included, is UNKNOWN (3), on stdout."""
+    from mmrwatch.collectors.target import TargetError
+    from mmrwatch.collectors.userranges import RangesError
+
+    from .nagios import UNKNOWN, line
+    try:
+        return cmd_check(parser.parse_args(argv))
+    except (UsageError, TargetError, RangesError) as e:
+        msg = str(e).removeprefix("mmrwatch check: ")
+    except KeyboardInterrupt:
+        msg = "interrupted"
+    except Exception as e:
+        if debug:
+            raise
+        msg = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    print(line(UNKNOWN, msg))
+    return UNKNOWN

@@ -99,15 +99,41 @@ def context(target: Target) -> Context:
 
 
 def run_check(target: Target, sources: list[RangeSource],
-              ctx: Optional[Context] = None) -> CheckResult:
-    """Collect every source's ranges and check them against both address spaces."""
+              ctx: Optional[Context] = None, deadline: Optional[float] = None) -> CheckResult:
+    """Collect every source's ranges and check them against both address spaces.
+
+    With ``deadline`` (``time.monotonic()``) the walks raise ``WalkTimeout`` past it.
+    """
     t0 = time.monotonic()
     ctx = ctx or context(target)
     ranges: list[Range] = []
     for src in sources:
         ranges.extend(src(ctx))
-    walker = make_walker(ctx.prog, ctx.facts)
+    walker = make_walker(ctx.prog, ctx.facts, deadline)
     findings = Checker(ctx.facts, ctx.spaces, walker).check(ranges)
     return CheckResult(target, ctx.facts, ctx.spaces, ranges, findings, list(walker.errors),
                        ctx.notes, ctx.efi_descs, time.monotonic() - t0, walker.reader.reads,
                        ctx.summaries)
+
+
+def confirm(res: CheckResult, deadline: Optional[float] = None) -> int:
+    """Re-walk every problem finding with a fresh table cache; keep only what repeats.
+
+    A live kernel changes its page tables while we read them (a table freed and reused
+    between two reads looks like a hole), so a live problem is reported only when a second,
+    independent walk sees it too; the second walk's finding replaces the first.  Returns
+    how many problems were not confirmed.  Pointless (and skipped) on a dump.
+    """
+    if not res.target.live:
+        return 0
+    walker = make_walker(res.target.prog, res.facts, deadline)
+    checker = Checker(res.facts, res.spaces, walker)
+    dropped = 0
+    for i, f in enumerate(res.findings):
+        if not f.problem:
+            continue
+        again = checker.check_one(f.range, f.exp)
+        dropped += not again.problem
+        res.findings[i] = again           # the fresher of two views
+    res.walk_errors.extend(walker.errors)
+    return dropped

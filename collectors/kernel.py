@@ -105,7 +105,12 @@ def read_facts(prog: drgn.Program) -> KernelFacts:
                        kaslr_offset(prog), vmci)
 
 
-def make_walker(prog: drgn.Program, facts: KernelFacts) -> Walker:
-    """A walker over this program's physical memory, with a fresh table cache."""
-    reader = TableReader(lambda pa, n: prog.read(pa, n, True))
+def make_walker(prog: drgn.Program, facts: KernelFacts,
+                deadline: Optional[float] = None) -> Walker:
+    """A walker over this program's physical memory, with a fresh table cache.
+
+    ``deadline`` (a ``time.monotonic()`` value) makes every table read past it raise
+    ``WalkTimeout``, so a daemon's check cannot run unbounded on a huge or changing table.
+    """
+    reader = TableReader(lambda pa, n: prog.read(pa, n, True), deadline=deadline)
     return Walker(reader, facts.levels, facts.phys_mask)

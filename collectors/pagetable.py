@@ -16,6 +16,7 @@ recorded ``WalkError``; the walk never raises for table contents and never loops
 """
 from __future__ import annotations
 
+import time
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class TableFault(Exception):
     """A table page could not be read (outside the dump, or not RAM on a live kernel)."""
 
 
+class WalkTimeout(Exception):
+    """The check ran past its deadline; it is abandoned as a whole, not per branch."""
+
+
 @dataclass(frozen=True)
 class WalkError:
     """Why one branch of a walk was abandoned."""
@@ -64,8 +69,10 @@ class TableReader:
     cannot grow memory without limit; shared upper-level tables stay hot regardless.
     """
 
-    def __init__(self, read_phys: ReadPhys, limit: int = 8192) -> None:
+    def __init__(self, read_phys: ReadPhys, limit: int = 8192,
+                 deadline: Optional[float] = None) -> None:
         self._read = read_phys
+        self.deadline = deadline      # time.monotonic() value; checked once per page read
         # OrderedDict: evicting the oldest page is O(1); next(iter(dict)) is not once many
         # slots have been deleted (CPython scans past them).
         self._cache: OrderedDict[int, Optional[array]] = OrderedDict()
@@ -78,6 +85,8 @@ class TableReader:
             return self._cache[pa]
         except KeyError:
             pass
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise WalkTimeout("check deadline exceeded")
         try:
             raw = self._read(pa, x86.PAGE_SIZE)
         except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...

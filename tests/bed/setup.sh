@@ -29,7 +29,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 say "installing mmrwatch into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check '.[test,web]'
 
 say "provisioning kernels (cached in ${MMRWATCH_CACHE:-$HOME/.cache/mmrwatch})"
 .venv/bin/python -m tests.bed.kernels all

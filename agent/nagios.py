@@ -1,0 +1,72 @@
+"""``mmrwatch check``: a one-shot live check for Nagios, Icinga and NRPE.
+
+Plugin API: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors and anything that
+keeps us from judging, too), one status line with performance data, details below it.
+A live problem is confirmed by a second walk before it is reported, as in ``serve``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from mmrwatch.collectors.check import CRITICAL, WARNING
+
+from .snapshot import Snapshot, from_result
+
+OK_, WARN_, CRIT_, UNKNOWN = 0, 1, 2, 3
+LABEL = {OK_: "OK", WARN_: "WARNING", CRIT_: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+EXIT_CODES = """exit codes (Nagios plugin API):
+  0  OK        every required range is mapped as required
+  1  WARNING   warnings only (e.g. efi_mm not yet re-synced since the last EFI call)
+  2  CRITICAL  a required range is missing, misdirected or mis-cached
+  3  UNKNOWN   could not check (bad usage, no /proc/kcore, permission, debug info, timeout)
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--live", action="store_true", default=True,
+                   help="check the running kernel (default)")
+    g.add_argument("--vmcore", metavar="PATH", help="check a crash dump instead")
+    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: the "
+                   "standard places)")
+    p.add_argument("--ranges", metavar="FILE", type=Path, help="extra ranges (TOML)")
+    p.add_argument("--timeout", type=float, default=50.0, metavar="SECONDS",
+                   help="deadline of the check (default 50, under NRPE's 60)")
+
+
+def line(code: int, text: str, snap: Snapshot | None = None) -> str:
+    out = f"MMRWATCH {LABEL[code]} - {text}"
+    if snap is not None:
+        perf = [f"ranges={len(snap.ranges)};;;0"]
+        for mm in snap.mm_names:
+            perf.append(f"mismatched_{mm}={snap.mismatched(mm)};;0;0;{len(snap.ranges)}")
+            perf.append(f"unmapped_{mm}={snap.total('unmapped', mm)}B;;0;0")
+        perf.append(f"duration={snap.duration:.3f}s;;;0")
+        out += " | " + " ".join(perf)
+    return out
+
+
+def run(args: argparse.Namespace) -> tuple[int, str]:
+    """Run the check; return (exit code, output).  Raises the collectors' errors."""
+    from mmrwatch.collectors import engine, target
+    from mmrwatch.collectors.pagetable import WalkTimeout
+    sources = engine.default_sources(args.ranges)
+    t0 = time.time()
+    deadline = time.monotonic() + args.timeout
+    tgt = (target.open_vmcore(args.vmcore, args.vmlinux) if args.vmcore
+           else target.open_live(args.vmlinux))
+    try:
+        res = engine.run_check(tgt, sources, deadline=deadline)
+        unconfirmed = engine.confirm(res, deadline)
+    except WalkTimeout:
+        return UNKNOWN, line(UNKNOWN, f"check did not finish within {args.timeout:g} s")
+    snap = from_result(res, t0, unconfirmed)
+    code = {CRITICAL: CRIT_, WARNING: WARN_}.get(snap.verdict, OK_)
+    text = snap.status_line()
+    if code != OK_:
+        text = f"{snap.problem_ranges} of {len(snap.ranges)} ranges: {text}"
+    details = "".join(f"\n{p}" for p in snap.problems)
+    return code, line(code, text, snap) + details

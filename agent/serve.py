@@ -1,0 +1,195 @@
+"""``mmrwatch serve``: the fleet daemon (HTTP exporter and/or node_exporter textfile).
+
+Startup binds the listener and validates every file first, so a typo fails the unit at once
+with one line.  Everything that depends on the kernel (no /proc/kcore, permission, missing
+or mismatched debug info, no efi_mm) does *not* stop the daemon: it stays up, exports
+``mmrwatch_collector_success 0`` with the reason, retries each interval, and exits only on
+SIGTERM.  SIGHUP re-reads the ranges file and the web config and checks at once.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+from . import metrics, systemd, textfile, web, webconfig
+from .monitor import Monitor
+
+log = logging.getLogger("mmrwatch")
+DEFAULT_LISTEN = "127.0.0.1:19864"
+
+
+class ServeError(Exception):
+    """Startup cannot proceed; ``code`` is the exit status (see the CLI's exit codes)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--live", action="store_true", default=True,
+                   help="check the running kernel through /proc/kcore (default)")
+    g.add_argument("--vmcore", metavar="PATH",
+                   help="serve the metrics of a crash dump instead (to try rules/dashboards)")
+    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: the "
+                   "standard places for the running kernel's release)")
+    p.add_argument("--ranges", metavar="FILE", type=Path,
+                   help="extra ranges to check (TOML, see README); re-read on SIGHUP")
+    p.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds between checks (default 300)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="deadline of one check in seconds (default 120)")
+    p.add_argument("--per-range", choices=metrics.PER_RANGE, default="mismatch",
+                   help="per-range series: only mismatched ranges (default), all, or none")
+    p.add_argument("--web.listen-address", dest="listen", metavar="ADDR",
+                   help=f"HOST:PORT to serve metrics on (default {DEFAULT_LISTEN}; "
+                        "with --textfile, no HTTP unless given)")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                   metavar="PATH", help="path of the metrics (default /metrics)")
+    p.add_argument("--web.config.file", dest="web_config", type=Path, metavar="FILE",
+                   help="exporter-toolkit web-config.yml: TLS, client CA, bcrypt basic auth")
+    p.add_argument("--textfile", type=Path, metavar="PATH",
+                   help="also write metrics to PATH (*.prom) for node_exporter's textfile "
+                        "collector, atomically after each check")
+    p.add_argument("--log.level", dest="log_level", default="info",
+                   choices=("debug", "info", "warning", "error"), help="default info")
+    p.add_argument("--log.format", dest="log_format", default="logfmt",
+                   choices=("logfmt", "json"), help="default logfmt")
+
+
+class Daemon:
+    """Wires the monitor to its outputs (HTTP, textfile, systemd) and to signals."""
+
+    def __init__(self, args: argparse.Namespace, exit_usage: int, exit_config: int,
+                 exit_oserr: int) -> None:
+        self.args = args
+        self.codes = (exit_usage, exit_config, exit_oserr)
+        self.web_cfg = self._web_config()
+        self.server: Optional[web.Server] = None
+        self.ready = False
+        self._tf_error: Optional[str] = None
+        self.monitor = Monitor(self._open, self._sources, args.interval, args.timeout,
+                               on_cycle=self._cycle, ping=self._ping,
+                               ping_every=systemd.watchdog_interval() or 0.0)
+        http = args.listen is not None or args.textfile is None
+        self.registry = metrics.registry(lambda: self.monitor.state, args.per_range,
+                                         process=http)
+        self.tf_registry = metrics.registry(lambda: self.monitor.state, args.per_range,
+                                            process=False)
+        if args.textfile is not None:
+            try:
+                textfile.check_target(args.textfile)
+            except textfile.TextfileError as e:
+                raise ServeError(exit_oserr, str(e)) from None
+        if http:
+            self._listen(args.listen or DEFAULT_LISTEN)
+
+    # -- startup ----------------------------------------------------------------------------
+    def _web_config(self) -> webconfig.WebConfig:
+        try:
+            return webconfig.load(self.args.web_config)
+        except webconfig.WebConfigError as e:
+            raise ServeError(self.codes[1], str(e)) from None
+
+    def _listen(self, addr: str) -> None:
+        try:
+            self.server = web.serve(addr, self.registry, self.args.telemetry_path,
+                                    lambda: self.web_cfg)
+        except web.AddressError as e:
+            raise ServeError(self.codes[0], str(e)) from None
+        except OSError as e:
+            raise ServeError(self.codes[2], f"cannot listen on {addr}: {e.strerror}") from None
+        log.info("listening on %s%s (%s)", addr, self.args.telemetry_path,
+                 "TLS" if self.web_cfg.ssl_context else "plain HTTP")
+
+    def _open(self):
+        from mmrwatch.collectors import target
+        if self.args.vmcore:
+            return target.open_vmcore(self.args.vmcore, self.args.vmlinux)
+        return target.open_live(self.args.vmlinux)
+
+    def _sources(self):
+        from mmrwatch.collectors import engine
+        return engine.default_sources(self.args.ranges)
+
+    # -- per check --------------------------------------------------------------------------
+    def _cycle(self, mon: Monitor) -> None:
+        health, snap = mon.state
+        if self.args.textfile is not None:
+            self._write_textfile()
+        if health.success and snap is not None:
+            status = snap.status_line()
+        else:
+            status = f"check failing ({health.error_kind}): {health.error}"
+        msg = f"STATUS={status[:200]}"
+        if not self.ready:
+            self.ready = True
+            msg = "READY=1\n" + msg
+        systemd.sd_notify(msg)
+
+    def _write_textfile(self) -> None:
+        try:
+            textfile.write(self.args.textfile, self.tf_registry)
+            err = None
+        except OSError as e:
+            err = f"cannot write {self.args.textfile}: {e.strerror}"
+        if err != self._tf_error:
+            self._tf_error = err
+            if err:
+                log.error("%s", err)
+            else:
+                log.info("textfile %s written", self.args.textfile)
+
+    def _ping(self) -> None:
+        if self.monitor.ping_every:
+            systemd.sd_notify("WATCHDOG=1")
+
+    # -- signals and the main loop ------------------------------------------------------------
+    def _reload(self) -> None:
+        try:
+            self.web_cfg = webconfig.load(self.args.web_config)
+        except webconfig.WebConfigError as e:
+            log.error("reload: keeping the old web config: %s", e)
+        log.info("reload: re-reading configuration and checking now")
+        self.monitor.reload()
+
+    def run(self) -> int:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload())
+        systemd.sd_notify("STATUS=opening the kernel and loading debug info")
+        worker = threading.Thread(target=self.monitor.loop, name="mmrwatch-check", daemon=True)
+        worker.start()
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping")
+        systemd.sd_notify("STOPPING=1")
+        self.monitor.stop()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        worker.join(10)
+        if worker.is_alive():     # inside a long drgn read: do not wait for the deadline
+            logging.shutdown()
+            os._exit(0)
+        return 0
+
+
+def run(args: argparse.Namespace, exit_usage: int, exit_config: int, exit_oserr: int) -> int:
+    systemd.setup_logging(args.log_level, args.log_format)
+    if args.interval <= 0 or args.timeout <= 0:
+        raise ServeError(exit_usage, "--interval and --timeout must be positive")
+    if args.ranges is not None:
+        from mmrwatch.collectors import userranges
+        try:
+            userranges.load(args.ranges)
+        except userranges.RangesError as e:
+            raise ServeError(exit_config, str(e)) from None
+    return Daemon(args, exit_usage, exit_config, exit_oserr).run()

@@ -1,0 +1,122 @@
+"""What one background check leaves behind for scrapes, status lines and plugins.
+
+A ``Snapshot`` is immutable and self-contained: the exporter, the textfile writer, the
+systemd STATUS line and ``mmrwatch check`` read it without touching drgn, so a scrape can
+never wait on (or race with) a walk.  It holds physical ranges and byte counts only, never
+a kernel virtual address (KASLR).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
+from mmrwatch.collectors.engine import CheckResult
+
+# Statuses whose bytes are "not mapped at the VA the other side uses" (the 2016 failure).
+UNMAPPED_STATUSES = ("missing", "partial", "misdirected", "unreadable")
+
+
+@dataclass(frozen=True)
+class RangeState:
+    """One physical range and, per address space that must map it, what is wrong."""
+
+    name: str
+    blade: str                     # "" for ranges that belong to no blade
+    source: str                    # uv | efi-memmap | config
+    kind: str
+    phys: int
+    size: int
+    unmapped: dict[str, int]       # mm -> bytes missing/misdirected at a required VA
+    wrong_cache: dict[str, int]    # mm -> bytes mapped with a forbidden cache mode
+    stale: dict[str, int]          # mm -> bytes only absent because efi_mm is not re-synced
+    severity: str
+
+    @property
+    def mismatched_mms(self) -> list[str]:
+        return sorted(mm for mm in self.unmapped
+                      if self.unmapped[mm] or self.wrong_cache[mm])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The result of one successful check, as plain data."""
+
+    started: float                 # unix time the check started
+    duration: float                # seconds
+    verdict: str                   # ok | info | warning | critical
+    ranges: tuple[RangeState, ...]
+    problems: tuple[str, ...]      # one line per warning/critical finding
+    findings: dict[str, int]       # severity -> count
+    unconfirmed: int               # live problems a second walk did not see
+    kernel_release: str
+    paging_levels: int
+    mms: dict[str, str]            # mm -> "table" | reason it has none
+    uv: dict[str, object] = field(default_factory=dict)
+    table_reads: int = 0
+
+    def mismatched(self, mm: str) -> int:
+        return sum(mm in r.mismatched_mms for r in self.ranges)
+
+    def total(self, attr: str, mm: str) -> int:
+        return sum(getattr(r, attr).get(mm, 0) for r in self.ranges)
+
+    @property
+    def problem_ranges(self) -> int:
+        """Ranges with at least one warning or critical finding."""
+        return sum(SEVERITY_ORDER[r.severity] >= SEVERITY_ORDER[WARNING] for r in self.ranges)
+
+    @property
+    def mm_names(self) -> list[str]:
+        return sorted(self.mms)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= and the plugin output."""
+        n = len(self.ranges)
+        if self.verdict in (OK, "info"):
+            return f"{n} ranges mapped as required in {' and '.join(self.mm_names)}"
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"{self.problems[0]}{more}"
+
+
+def _line(f: Finding) -> str:
+    return f"{f.range.label} {f.status} in {f.mm}: {f.message}"
+
+
+def _range_state(rng, findings: list[Finding]) -> RangeState:
+    unmapped: dict[str, int] = {}
+    wrong: dict[str, int] = {}
+    stale: dict[str, int] = {}
+    for f in findings:
+        if not f.exp.required:
+            continue
+        mm = f.mm
+        unmapped.setdefault(mm, 0)
+        wrong.setdefault(mm, 0)
+        if f.exp.shared_from:              # only a shared kernel half can be "not yet copied"
+            stale.setdefault(mm, 0)
+        if f.severity == CRITICAL and f.status in UNMAPPED_STATUSES:
+            unmapped[mm] = max(unmapped[mm], f.missing_bytes + f.misdirected_bytes)
+        elif f.severity == CRITICAL and f.status == "wrong-cache":
+            wrong[mm] = max(wrong[mm], f.wrong_cache_bytes)
+        elif f.status == "stale":
+            stale[mm] = max(stale.get(mm, 0), f.missing_bytes)
+    sev = max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default=OK)
+    return RangeState(rng.name, "" if rng.blade is None else str(rng.blade), rng.source,
+                      rng.kind, rng.phys, rng.size, unmapped, wrong, stale, sev)
+
+
+def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snapshot:
+    """Condense a check into a snapshot (``started`` is the wall-clock start time)."""
+    by_range: dict[int, list[Finding]] = {}
+    for f in res.findings:
+        by_range.setdefault(id(f.range), []).append(f)
+    states = tuple(_range_state(r, by_range.get(id(r), [])) for r in res.ranges)
+    counts: dict[str, int] = {s: 0 for s in SEVERITY_ORDER}
+    for f in res.findings:
+        counts[f.severity] += 1
+    problems = tuple(_line(f) for f in sorted(
+        (f for f in res.findings if f.problem),
+        key=lambda f: (-SEVERITY_ORDER[f.severity], f.range.phys, f.mm)))
+    mms = {name: ("table" if s.has_table else s.reason) for name, s in res.spaces.items()}
+    return Snapshot(started, res.seconds, res.verdict, states, problems, counts, unconfirmed,
+                    res.facts.release, res.facts.levels, mms, dict(res.summaries.get("uv", {})),
+                    res.table_reads)

@@ -1,0 +1,115 @@
+"""A real Prometheus server and promtool (Debian 12's package), on 127.0.0.1 only.
+
+The package is fetched with ``apt-get download`` and unpacked into the cache, never
+installed: installing it would start a system-wide server listening on every interface.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from .boots import free_port
+from .cache import log, provide, run
+from .kernels import _apt_version
+
+
+def _build(out: Path) -> None:
+    run(["apt-get", "download", "-q", "prometheus"], cwd=out, capture_output=True)
+    deb = next(out.glob("prometheus_*.deb"))
+    run(["dpkg-deb", "-x", str(deb), str(out / "root")])
+    for tool in ("prometheus", "promtool"):
+        shutil.copy2(out / "root/usr/bin" / tool, out / tool)
+    shutil.rmtree(out / "root")
+    deb.unlink()
+
+
+def prometheus_dir() -> Path:
+    """Directory holding ``prometheus`` and ``promtool``, keyed by the package version."""
+    ver = _apt_version("prometheus").replace(":", "_").replace("+", "_")
+    return provide(f"prometheus/{ver}", _build)
+
+
+def promtool() -> Path:
+    return prometheus_dir() / "promtool"
+
+
+class Prometheus:
+    """A throwaway server: loopback listener, private storage, fast scrape/eval intervals."""
+
+    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path],
+                 interval: str = "1s", scheme: str = "http", extra_job: str = "") -> None:
+        self.dir = workdir
+        self.port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        rules = "\n".join(f"  - {p}" for p in rule_files)
+        (workdir / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+            f"rule_files:\n{rules}\n"
+            f"scrape_configs:\n  - job_name: mmrwatch\n    scheme: {scheme}\n"
+            f"    static_configs:\n      - targets: {json.dumps(targets)}\n{extra_job}")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "Prometheus":
+        d = prometheus_dir()
+        self.log = open(self.dir / "prometheus.log", "w")
+        self.proc = subprocess.Popen(
+            [str(d / "prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("prometheus did not start:\n" +
+                                       (self.dir / "prometheus.log").read_text()[-3000:])
+                time.sleep(0.3)
+        log(f"prometheus on 127.0.0.1:{self.port}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, **params) -> dict:
+        q = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{q}", timeout=10) as r:
+            doc = json.loads(r.read())
+        assert doc["status"] == "success", doc
+        return doc["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+    def alerts(self) -> list[dict]:
+        return self.api("alerts")["alerts"]
+
+    def wait(self, what: str, cond, timeout: float = 120, every: float = 1.0):
+        """Poll ``cond()`` until it returns something truthy; fail with ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = cond()
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
+                                     f"alerts: {self.alerts()}")
+            time.sleep(every)
