@@ -135,7 +135,8 @@ class Monitor:
     # -- logging ----------------------------------------------------------------------------
     def _log_change(self, health: Health, snap: Optional[Snapshot]) -> None:
         """One log line per change of outcome (journald must not fill with repeats)."""
-        key = (health.error_kind, snap.verdict if snap else None, snap.problems if snap else ())
+        key = (health.error_kind, snap.verdict if snap else None, snap.problems if snap else (),
+               len(snap.ranges) if snap else 0)
         if key == self._logged:
             return
         self._logged = key

@@ -37,6 +37,7 @@ def free_port() -> int:
 
 
 NET_PORT = free_port()
+AGENT_PORT = free_port()            # host side of the guest agent's 19864
 PLANS: dict[str, BootPlan] = {
     "debian-l5": BootPlan("debian", BootSpec(la57=True, mem_mib=512), kdump_format=True),
     "debian-l4-efidebug": BootPlan("debian", BootSpec(la57=False, append="efi=debug",
@@ -52,6 +53,8 @@ PLANS: dict[str, BootPlan] = {
     "uv-seabios": BootPlan("uv", BootSpec(firmware="seabios", la57=True, mem_mib=512)),
     "uv-inject": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                          append="crashkernel=192M")),
+    "uv-agent": BootPlan("uv", BootSpec(la57=False, mem_mib=768, append="crashkernel=192M",
+                                        hostfwd=(AGENT_PORT, 19864))),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }

@@ -72,3 +72,41 @@ def test_help_documents_exit_codes():
 def test_missing_ranges_file_is_66(tmp_path):
     res = run("report", "--vmcore", "/nonexistent", "--ranges", str(tmp_path / "none.toml"))
     assert res.returncode == cli.EXIT_NOINPUT and "cannot read" in res.stderr
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["--web.listen-address", "nohost"], cli.EXIT_USAGE, "bad listen address"),
+    (["--interval", "0"], cli.EXIT_USAGE, "must be positive"),
+    (["--textfile", "/nonexistent/dir/m.prom"], cli.EXIT_OSERR, "no such directory"),
+    (["--textfile", "/tmp/m.txt"], cli.EXIT_OSERR, "ending in .prom"),
+    (["--web.config.file", "/nonexistent.yml"], cli.EXIT_CONFIG, "no such file"),
+    (["--ranges", "/nonexistent.toml"], cli.EXIT_CONFIG, "cannot read"),
+    (["--per-range", "some"], cli.EXIT_USAGE, "invalid choice"),
+])
+def test_serve_startup_errors_are_one_line(args, code, text):
+    res = subprocess.run([sys.executable, "-m", "mmrwatch", "serve", "--vmcore", "/nonexistent",
+                          "--web.listen-address", "127.0.0.1:0", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == code, res.stderr
+    assert text in res.stderr and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("Try ")]
+    assert len(lines) == 1, res.stderr
+
+
+def test_serve_port_in_use_is_71():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = run("serve", "--vmcore", "/nonexistent", "--web.listen-address", f"127.0.0.1:{port}")
+    assert res.returncode == cli.EXIT_OSERR and "cannot listen" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["check", "--bogus"], ["check", "--timeout", "x"],
+                                  ["check", "--vmcore", "/nonexistent"],
+                                  ["check", "--live"]])
+def test_nagios_check_unknown_is_3_on_stdout(args):
+    res = run(*args)
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    assert res.stdout.startswith("MMRWATCH UNKNOWN - ") and len(res.stdout.splitlines()) == 1
