@@ -1,0 +1,164 @@
+"""``mmrwatch serve`` as a process on the host: real dumps, bad inputs, load.
+
+Bad inputs must never stop the daemon: it stays up, exports success 0 with the reason, and
+exits (0) only on SIGTERM.  The load test runs 100 concurrent scrapers plus idle TLS
+connections while checks run every second: every scrape must be answered.
+"""
+import signal
+import ssl
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.bed.boots import free_port
+
+pytestmark = [pytest.mark.realkernel]
+
+
+class Serve:
+    """One ``mmrwatch serve`` subprocess on a loopback port."""
+
+    def __init__(self, *args: str, scheme: str = "http", ctx=None) -> None:
+        self.port = free_port()
+        self.scheme, self.ctx = scheme, ctx
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mmrwatch", "serve", "--web.listen-address",
+             f"127.0.0.1:{self.port}", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def get(self, path="/metrics", headers=None, timeout=10) -> str:
+        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.port}{path}",
+                                     headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout, context=self.ctx) as r:
+            return r.read().decode()
+
+    def metrics(self) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(self.get()) for s in f.samples}
+
+    def wait_runs(self, n: int, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            try:
+                m = self.metrics()
+                if m.get(("mmrwatch_collector_runs_total", (("collector", "pgtable"),)), 0) >= n:
+                    return m
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "no check finished in time"
+            time.sleep(0.2)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+def _v(m, name, **labels):
+    return m.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.mark.parametrize("case,kind", [("no-kcore", "noinput"), ("no-dump", "noinput"),
+                                       ("not-a-dump", "data"), ("wrong-vmlinux", "debuginfo")])
+def test_bad_inputs_keep_the_daemon_up(bed, tmp_path, case, kind):
+    b = bed.boot("debian-l5")
+    other = bed.kernel("uv").vmlinux
+    args = {"no-kcore": ["--live", "--vmlinux", str(b.kernel.vmlinux)],   # host has none
+            "no-dump": ["--vmcore", str(tmp_path / "missing")],
+            "not-a-dump": ["--vmcore", str(b.kernel.vmlinux)],
+            "wrong-vmlinux": ["--vmcore", str(b.elf), "--vmlinux", str(other)]}[case]
+    if case == "no-kcore" and __import__("os").path.exists("/proc/kcore"):
+        pytest.skip("this host has /proc/kcore")
+    s = Serve(*args, "--interval", "0.5")
+    m = s.wait_runs(3)
+    assert _v(m, "mmrwatch_collector_success", collector="pgtable") == 0
+    assert _v(m, "mmrwatch_collector_error", collector="pgtable", kind=kind) == 1
+    assert not any(k[0] == "mmrwatch_ranges" for k in m)        # no made-up data
+    assert s.proc.poll() is None
+    rc, err = s.stop()
+    assert rc == 0 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "level=error" in ln]
+    assert len(errors) == 1, err                                  # logged once, not per run
+
+
+@pytest.mark.parametrize("boot,checks", [
+    ("debian-l5", {"uv": "not-uv-kernel", "efi_table": 1}),
+    ("debian-noruntime", {"uv": "not-uv-kernel", "efi_table": 0}),
+])
+def test_non_uv_kernel_and_missing_efi_mm_are_states_not_failures(bed, boot, checks):
+    b = bed.boot(boot)
+    s = Serve("--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux), "--per-range", "all")
+    try:
+        m = s.wait_runs(1)
+    finally:
+        rc, err = s.stop()
+    assert rc == 0, err
+    assert _v(m, "mmrwatch_collector_success", collector="pgtable") == 1
+    assert _v(m, "mmrwatch_uv_info", state=checks["uv"]) == 1
+    assert _v(m, "mmrwatch_address_space_table", mm="efi_mm") == checks["efi_table"]
+    assert _v(m, "mmrwatch_unmapped_bytes", mm="init_mm") == 0
+
+
+def test_openmetrics_negotiation(bed):
+    b = bed.boot("debian-l5")
+    s = Serve("--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux))
+    try:
+        s.wait_runs(1)
+        om = s.get(headers={"Accept": "application/openmetrics-text;version=1.0.0,"
+                            "text/plain;version=0.0.4;q=0.5"})
+        assert om.rstrip().endswith("# EOF")
+        names = {f.name for f in om_parse(om)}
+        assert {"mmrwatch_collector_success", "mmrwatch_build", "process_cpu_seconds"} <= names
+        landing = s.get("/")
+        assert 'href="/metrics"' in landing
+    finally:
+        assert s.stop()[0] == 0
+
+
+def test_load_100_scrapers_and_idle_tls_clients(bed, tmp_path):
+    b = bed.boot("debian-l5")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                   check=True, capture_output=True)
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: c.pem\n"
+                                      "  key_file: k.pem\n")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
+    s = Serve("--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux), "--interval", "0.2",
+              "--web.config.file", str(tmp_path / "web.yml"), scheme="https", ctx=ctx)
+    try:
+        first = s.wait_runs(1)
+        idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(20)]
+        results: list = []
+        stop_at = time.monotonic() + 8
+
+        def scraper():
+            while time.monotonic() < stop_at:
+                try:
+                    body = s.get(timeout=10)
+                    results.append("mmrwatch_collector_success" in body)
+                except Exception as e:  # noqa: BLE001 - every failure is counted
+                    results.append(repr(e))
+        threads = [threading.Thread(target=scraper) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        last = s.metrics()
+        for c in idle:
+            c.close()
+    finally:
+        rc, err = s.stop()
+    failures = [r for r in results if r is not True]
+    assert len(results) >= 100 and not failures, failures[:5]
+    runs = lambda m: _v(m, "mmrwatch_collector_runs_total", collector="pgtable")  # noqa: E731
+    assert runs(last) > runs(first)          # checks kept running under the load
+    assert rc == 0, err
