@@ -43,7 +43,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_target(p: argparse.ArgumentParser) -> None:
+def _add_target(p: argparse.ArgumentParser, embedded: bool = False) -> None:
+    if embedded:       # inside drgn (%mmrwatch): the program is already open
+        return
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--vmcore", metavar="PATH", help="crash dump: ELF (/proc/vmcore, QEMU) "
                    "or kdump-compressed (makedumpfile)")
@@ -52,8 +54,9 @@ def _add_target(p: argparse.ArgumentParser) -> None:
                    "/usr/lib/debug/boot/vmlinux-RELEASE and the other standard places)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mmrwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
+    """The CLI; ``embedded`` is the drgn command's variant (no target options)."""
+    p = _Parser(prog="%mmrwatch" if embedded else "mmrwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Check that firmware-critical MMIO ranges (SGI/HPE UV MMRs, EFI "
                             "runtime regions, ranges you configure) are mapped in both "
                             "efi_mm and init_mm, in a vmcore or the running kernel.",
@@ -63,19 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     r = sub.add_parser("report", help="check every range and print a report",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
-    _add_target(r)
-    r.add_argument("--format", choices=("text", "json"), default="text")
+    _add_target(r, embedded)
+    r.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                   help="text (default), json (schema: mmrwatch/report.schema.json), "
+                        "markdown (for tickets)")
     r.add_argument("--ranges", metavar="FILE", type=Path,
                    help="extra ranges to check (TOML, see README)")
     r.add_argument("-v", "--verbose", action="store_true", help="show extents of OK ranges")
     d = sub.add_parser("ptdump", help="print a page table like /sys/kernel/debug/page_tables/*",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
-    _add_target(d)
+    _add_target(d, embedded)
     d.add_argument("--mm", choices=("kernel", "efi"), default="kernel",
                    help="kernel = init_mm, efi = efi_mm (default kernel)")
     d.add_argument("--uv", action="store_true",
                    help="append the UV system summary and where each UV range sits in this "
                         "table (without it the output is identical to the kernel's)")
+    w = sub.add_parser("where", help="every virtual address that maps a physical address, "
+                       "in init_mm and efi_mm (reverse lookup)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+    _add_target(w, embedded)
+    w.add_argument("--mm", choices=("kernel", "efi", "both"), default="both",
+                   help="which table(s) to search (default both)")
+    w.add_argument("phys", nargs="+", metavar="PHYS", help="physical address (hex, 0x optional)")
+    if embedded:
+        return p
     from . import nagios, serve
     s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
                        "export Prometheus metrics (HTTP and/or textfile)",
@@ -106,6 +120,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace):
     from mmrwatch.collectors import target
+    if getattr(args, "target", None) is not None:      # set by the drgn command
+        return args.target
     if args.live:
         return target.open_live(args.vmlinux)
     return target.open_vmcore(args.vmcore, args.vmlinux)
@@ -114,11 +130,65 @@ def _open(args: argparse.Namespace):
 def cmd_report(args: argparse.Namespace) -> int:
     from mmrwatch.agent import report
     from mmrwatch.collectors import engine
+    from mmrwatch.collectors import forensics, kernel
     sources = engine.default_sources(args.ranges)   # validates the file before opening
-    res = engine.run_check(_open(args), sources)
-    sys.stdout.write(report.as_json(res) if args.format == "json"
-                     else report.text(res, args.verbose))
+    t = _open(args)
+    res = engine.run_check(t, sources)
+    crash = forensics.analyse(t.prog, res.facts, res.spaces, kernel.make_walker(t.prog, res.facts),
+                              res.ranges, res.efi_descs, t.live)
+    if args.format == "json":
+        sys.stdout.write(report.as_json(res, crash))
+    elif args.format == "markdown":
+        from . import markdown
+        sys.stdout.write(markdown.render(report.as_dict(res, crash)))
+    else:
+        sys.stdout.write(report.text(res, args.verbose, crash))
     return report.exit_status(res)
+
+
+def _progress(msg: str) -> None:
+    """Progress for long walks on stderr, only for a person watching a terminal."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[Kmmrwatch: {msg}...")
+        sys.stderr.flush()
+
+
+def cmd_where(args: argparse.Namespace) -> int:
+    from mmrwatch.collectors import engine, kernel, mm, ptdump, where
+    from mmrwatch.collectors.ranges import human_size
+    pas = []
+    for text in args.phys:
+        pa = where.parse_phys(text)
+        if pa is None:
+            raise UsageError(f"mmrwatch where: not a physical address: {text!r}")
+        pas.append(pa)
+    t = _open(args)
+    ctx = engine.context(t)
+    names = {"kernel": [mm.INIT_MM], "efi": [mm.EFI_MM], "both": [mm.INIT_MM, mm.EFI_MM]}
+    markers = ptdump.kernel_markers(t.prog, ctx.facts)
+    walker = kernel.make_walker(t.prog, ctx.facts)
+    hits, missing_tables = [], []
+    for name in names[args.mm]:
+        space = ctx.spaces[name]
+        if not space.has_table:
+            missing_tables.append(f"{name} has no page table: {space.reason}")
+        hits += where.reverse(walker, ctx.facts, space, pas, markers, _progress)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    for pa in pas:
+        print(f"PA 0x{pa:x}")
+        for name in names[args.mm]:
+            mine = [h for h in hits if h.pa == pa and h.mm == name]
+            for h in mine:
+                print(f"  {h.mm:<8} VA 0x{h.va:016x}  {human_size(h.page_size):>6} page  "
+                      f"{h.cache_mode:<3} {h.perms:<10} {h.area}")
+            if not mine and ctx.spaces[name].has_table:
+                print(f"  {name:<8} not mapped")
+    for m in missing_tables:
+        print(f"note: {m}")
+    for e in walker.errors:
+        print(f"mmrwatch: page-table error: {e}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_ptdump(args: argparse.Namespace) -> int:
@@ -164,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
         return {"report": cmd_report, "ptdump": cmd_ptdump, "serve": cmd_serve,
-                "check": cmd_check}[args.cmd](args)
+                "check": cmd_check, "where": cmd_where}[args.cmd](args)
     except UsageError as e:
         print(e, file=sys.stderr)
         print("Try 'mmrwatch --help'.", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 import mmrwatch
 from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
 from mmrwatch.collectors.engine import CheckResult
+from mmrwatch.collectors.forensics import Crash
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
 from mmrwatch.collectors.ranges import human_size
 from mmrwatch.collectors import x86
@@ -48,23 +49,60 @@ def _finding_line(f: Finding) -> str:
             f"cache {modes:<6} pages {pages:<8} {f.message}")
 
 
-def text(res: CheckResult, verbose: bool = False) -> str:
-    """The human report: verdict, kernel identity, address spaces, ranges, errors."""
+def crash_lines(c: Crash) -> list[str]:
+    """The crash-forensics section (text and Markdown share it)."""
+    out = [f"  {c.verdict}"]
+    if not c.crashed:
+        return out
+    out.append(f"  crashed CPU    {c.panic_cpu if c.panic_cpu is not None else 'unknown'}"
+               f"{', task ' + c.task if c.task else ''}")
+    if c.panic_message:
+        out.append(f"  panic          {c.panic_message}")
+    if c.fault_address is not None:
+        out.append(f"  fault address  {_hex(c.fault_address)}"
+                   f"{' (' + c.fault_region + ')' if c.fault_region else ''}")
+        out += [f"                 {k}" for k in c.fault_kind]
+        for tr in c.translations:
+            if tr.mapped is None:
+                how = tr.note
+            elif tr.mapped:
+                how = (f"mapped -> PA {_hex(tr.pa)}, {human_size(tr.page_size or 0)} page, "
+                       f"{tr.cache_mode} {tr.perms}")
+            else:
+                how = "not mapped"
+            out.append(f"  in {tr.mm + ':':<16} {how}")
+    out.append("  CPUs (page table loaded at the crash)")
+    for cpu in c.cpus:
+        out.append(f"    CPU {cpu.cpu:<3} {cpu.mm:<26} running {cpu.task}"
+                   f"{'   <- crashed' if cpu.crashed else ''}")
+    if c.log_excerpt:
+        out.append("  kernel log")
+        out += [f"    {ln}" for ln in c.log_excerpt]
+    return out
+
+
+def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) -> str:
+    """The human report: verdict, crash, kernel identity, address spaces, ranges, errors."""
     k, t = res.facts, res.target
     out = [f"mmrwatch {mmrwatch.__version__} report", "",
-           f"VERDICT  {verdict_line(res)}", "",
-           "Kernel",
-           f"  release        {k.release}",
-           f"  build-id       {t.build_id or 'not recorded in the dump'}",
-           f"  target         {t.path} ({t.fmt}{', live' if t.live else ''})",
-           f"  debug info     {t.vmlinux}",
-           f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
-           f"KASLR offset {_hex(k.kaslr_offset)}",
-           f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
-           f" {list(k.cache.table)}", ""]
+           f"VERDICT  {verdict_line(res)}"]
+    if crash is not None and crash.crashed:
+        out.append(f"CRASH    {crash.verdict}")
+    out.append("")
+    out += ["Kernel",
+            f"  release        {k.release}",
+            f"  build-id       {t.build_id or 'not recorded in the dump'}",
+            f"  target         {t.path} ({t.fmt}{', live' if t.live else ''})",
+            f"  debug info     {t.vmlinux or '(loaded by drgn)'}",
+            f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
+            f"KASLR offset {_hex(k.kaslr_offset)}",
+            f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
+            f" {list(k.cache.table)}", ""]
     uvs = res.summaries.get("uv")
     if uvs:
         out += ["UV system", "  " + uv_line(uvs), ""]
+    if crash is not None:
+        out += ["Crash forensics"] + crash_lines(crash) + [""]
     out += ["Address spaces"]
     for name in (INIT_MM, EFI_MM):
         s = res.spaces[name]
@@ -125,7 +163,21 @@ def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
     }
 
 
-def as_dict(res: CheckResult) -> dict[str, Any]:
+def crash_dict(c: Crash) -> dict[str, Any]:
+    return {"crashed": c.crashed, "verdict": c.verdict, "panic_cpu": c.panic_cpu,
+            "task": c.task, "panic_message": c.panic_message,
+            "fault_address": _hex(c.fault_address), "fault_kind": c.fault_kind,
+            "fault_region": c.fault_region,
+            "translations": [{"mm": t.mm, "mapped": t.mapped, "pa": _hex(t.pa),
+                              "page_size": t.page_size, "cache_mode": t.cache_mode,
+                              "perms": t.perms, "note": t.note or None}
+                             for t in c.translations],
+            "cpus": [{"cpu": x.cpu, "mm": x.mm, "task": x.task, "crashed": x.crashed}
+                     for x in c.cpus],
+            "log_excerpt": c.log_excerpt}
+
+
+def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
     """The versioned JSON document."""
     k, t = res.facts, res.target
     by_range: dict[int, list[Finding]] = {}
@@ -159,12 +211,13 @@ def as_dict(res: CheckResult) -> dict[str, Any]:
         "walk_errors": [{"level": e.level, "va": _hex(e.va), "table_pa": _hex(e.table_pa),
                          "message": e.message} for e in res.walk_errors],
         "notes": res.notes,
+        "crash": crash_dict(crash) if crash is not None else None,
         "stats": {"seconds": round(res.seconds, 4), "table_reads": res.table_reads},
     }
 
 
-def as_json(res: CheckResult) -> str:
-    return json.dumps(as_dict(res), indent=2) + "\n"
+def as_json(res: CheckResult, crash: Crash | None = None) -> str:
+    return json.dumps(as_dict(res, crash), indent=2) + "\n"
 
 
 def exit_status(res: CheckResult) -> int:

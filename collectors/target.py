@@ -187,3 +187,20 @@ def open_live(vmlinux: Optional[str] = None) -> Target:
         raise TargetError(DATA, f"{KCORE}: cannot open: {str(e).splitlines()[0]}") from None
     vml, bid = _load_debug_info(prog, vmlinux)
     return Target(prog, KCORE, True, "live", vml, bid)
+
+
+def from_program(prog: drgn.Program) -> Target:
+    """A target for a program someone else opened (drgn's CLI, with its debug info)."""
+    if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+        raise TargetError(DATA, "this drgn program is not a Linux kernel")
+    try:
+        prog.type("struct mm_struct")
+    except LookupError:
+        raise TargetError(DEBUGINFO, "drgn has no kernel debug info loaded (use -s vmlinux)") \
+            from None
+    live = bool(prog.flags & drgn.ProgramFlags.IS_LIVE)
+    vmci = prog["VMCOREINFO"].string_().decode(errors="replace")
+    bid = next((ln.split("=", 1)[1].strip() for ln in vmci.splitlines()
+                if ln.startswith("BUILD-ID=")), None)
+    return Target(prog, KCORE if live else "(opened by drgn)", live, "live" if live else "elf",
+                  None, bid)

@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 LOCAL = (0xFA000000, 32 << 20)
 
 
-def _report(guest, b, tag, also=None):
-    guest.pause()
+def _report(guest, b, tag, also=None, paused=False):
+    if not paused:
+        guest.pause()
     try:
         dump = guest.dump(b.dir / f"{tag}.elf")
     finally:
@@ -56,8 +57,9 @@ def test_uv_scenarios_on_a_running_kernel(bed):
             for pa, size, fl in ((*LOCAL, U.LEAF_UC), (0x3FFF0000000, 64 << 20, U.LEAF_UC),
                                  (0x7FF00000000, 64 << 20, U.LEAF_WB)):
                 gm.map_2m(init, pob["v"] + pa, pa, size, fl)
-        U.inject(guest, stale)
-        seen["stale"] = _report(guest, b, "stale")
+        # dumped in the same pause: any EFI call would re-sync efi_mm and end the window
+        U.inject(guest, stale, resume=False)
+        seen["stale"] = _report(guest, b, "stale", paused=True)
         # 2. the next EFI call copies the kernel half: healthy
         U.inject(guest, lambda gm: gm.sync_kernel_half())
         def ptdump_uv(dump):

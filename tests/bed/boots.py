@@ -55,6 +55,10 @@ PLANS: dict[str, BootPlan] = {
                                          append="crashkernel=192M")),
     "uv-agent": BootPlan("uv", BootSpec(la57=False, mem_mib=768, append="crashkernel=192M",
                                         hostfwd=(AGENT_PORT, 19864))),
+    # oops=panic: a kernel-mode page fault in process context panics (and kdumps)
+    "uv-efifault": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
+                                           append="crashkernel=192M oops=panic"),
+                            real_kdump=True),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }

@@ -176,12 +176,17 @@ def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str,
     return ranges
 
 
-def inject(guest: Guest, fn) -> None:
-    """Run ``fn(GuestMemory)`` with the guest paused (no torn state is ever visible)."""
+def inject(guest: Guest, fn, resume: bool = True) -> None:
+    """Run ``fn(GuestMemory)`` with the guest paused (no torn state is ever visible).
+
+    ``resume=False`` leaves it paused, so a dump taken next sees exactly this state: no
+    guest instruction (an EFI call re-syncing efi_mm, say) runs in between.
+    """
     guest.pause()
     try:
         gm = GuestMemory(guest)
         fn(gm)
         gm.ram.flush()
     finally:
-        guest.resume()
+        if resume:
+            guest.resume()
