@@ -59,6 +59,10 @@ PLANS: dict[str, BootPlan] = {
     "uv-efifault": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                            append="crashkernel=192M oops=panic"),
                             real_kdump=True),
+    # UV state injected into the big printk buffer's tail survives into the real kdump
+    "uv-kdump-2016": BootPlan("uv", BootSpec(la57=True, mem_mib=768,
+                                             append="crashkernel=192M log_buf_len=16M"),
+                              real_kdump=True),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }

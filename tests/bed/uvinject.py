@@ -4,8 +4,9 @@ UV hardware cannot be emulated, so the test bed boots the CONFIG_X86_UV kernel a
 guest paused, writes into its RAM file exactly what ``uv_system_init()`` would have left:
 ``uv_system_type``, hub info structures (laid out with the vmlinux's own DWARF), the node
 list, GRU bounds, and 2 MiB uncached PMDs in init_mm at ``page_offset_base + phys``.  New
-structures and table pages come from a ``crashkernel=`` reservation: RAM the kernel maps
-(so pointers into it translate) but never uses.  Nothing in the guest touches them, so it
+structures and table pages come from RAM the kernel maps (so pointers into it translate)
+but never uses: the tail of a ``log_buf_len=16M`` printk buffer (which survives into a real
+kdump), else a ``crashkernel=`` reservation.  Nothing in the guest touches them, so it
 keeps running.  Scenario expectations are written in the tests from the rules.
 """
 from __future__ import annotations
@@ -47,20 +48,36 @@ class GuestMemory:
         self.prog.set_linux_kernel_custom(vmcoreinfo, False)
         self.prog.load_debug_info([str(guest.kernel.vmlinux)])
         self.facts = read_facts(self.prog)
-        crash = self.prog["crashk_res"]
-        self.pool_end = int(crash.end) + 1
-        if int(crash.start) >= self.pool_end:
-            raise RuntimeError("boot the guest with crashkernel=64M for an injection pool")
+        start, self.pool_end = self._pool()
         # The cursor lives with the guest: a later injection must not reuse (and so
         # overwrite) the structures an earlier one placed in the pool.
         if not hasattr(guest, "_uv_pool"):
-            guest._uv_pool = int(crash.start)
+            guest._uv_pool = start
+
+    def _pool(self) -> tuple[int, int]:
+        """RAM the kernel maps but never uses: the tail of a big printk buffer, else the
+        crashkernel reservation.
+
+        Only the first survives a real kdump: kexec loads the capture kernel into the
+        crashkernel region and /proc/vmcore leaves it out, while a ``log_buf_len=16M``
+        buffer is ordinary kernel memory that makedumpfile keeps (and printk fills it from
+        the front; a test never logs 8 MiB).
+        """
+        size = int(self.prog["log_buf_len"])
+        if size >= 16 << 20:
+            base = self.facts.kernel_pa(self.prog["log_buf"].value_())
+            return base + size // 2, base + size
+        crash = self.prog["crashk_res"]
+        if int(crash.start) >= int(crash.end):
+            raise RuntimeError("boot the guest with log_buf_len=16M or crashkernel=64M for an "
+                               "injection pool")
+        return int(crash.start), int(crash.end) + 1
 
     def alloc(self, size: int = 4096) -> int:
         pa = (self.guest._uv_pool + 4095) & ~4095
         self.guest._uv_pool = pa + size
         if self.guest._uv_pool > self.pool_end:
-            raise MemoryError("crashkernel pool exhausted")
+            raise MemoryError("injection pool exhausted")
         self.ram[pa:pa + size] = bytes(size)
         return pa
 
