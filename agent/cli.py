@@ -132,10 +132,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmrwatch.collectors import engine
     from mmrwatch.collectors import forensics, kernel
     sources = engine.default_sources(args.ranges)   # validates the file before opening
+    _progress("opening the kernel and loading debug info")
     t = _open(args)
+    _progress("walking efi_mm and init_mm")
     res = engine.run_check(t, sources)
+    _progress("crash forensics")
     crash = forensics.analyse(t.prog, res.facts, res.spaces, kernel.make_walker(t.prog, res.facts),
                               res.ranges, res.efi_descs, t.live)
+    _progress_done()
     if args.format == "json":
         sys.stdout.write(report.as_json(res, crash))
     elif args.format == "markdown":
@@ -150,6 +154,12 @@ def _progress(msg: str) -> None:
     """Progress for long walks on stderr, only for a person watching a terminal."""
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\033[Kmmrwatch: {msg}...")
+        sys.stderr.flush()
+
+
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
         sys.stderr.flush()
 
 
@@ -173,8 +183,7 @@ def cmd_where(args: argparse.Namespace) -> int:
         if not space.has_table:
             missing_tables.append(f"{name} has no page table: {space.reason}")
         hits += where.reverse(walker, ctx.facts, space, pas, markers, _progress)
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
+    _progress_done()
     for pa in pas:
         print(f"PA 0x{pa:x}")
         for name in names[args.mm]:

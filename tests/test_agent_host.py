@@ -67,16 +67,21 @@ def _v(m, name, **labels):
 
 
 @pytest.mark.parametrize("case,kind", [("no-kcore", "noinput"), ("no-dump", "noinput"),
-                                       ("not-a-dump", "data"), ("wrong-vmlinux", "debuginfo")])
+                                       ("not-a-dump", "data"), ("wrong-vmlinux", "debuginfo"),
+                                       ("no-vmlinux", "debuginfo")])
 def test_bad_inputs_keep_the_daemon_up(bed, tmp_path, case, kind):
     b = bed.boot("debian-l5")
     other = bed.kernel("uv").vmlinux
     args = {"no-kcore": ["--live", "--vmlinux", str(b.kernel.vmlinux)],   # host has none
             "no-dump": ["--vmcore", str(tmp_path / "missing")],
             "not-a-dump": ["--vmcore", str(b.kernel.vmlinux)],
-            "wrong-vmlinux": ["--vmcore", str(b.elf), "--vmlinux", str(other)]}[case]
-    if case == "no-kcore" and __import__("os").path.exists("/proc/kcore"):
+            "wrong-vmlinux": ["--vmcore", str(b.elf), "--vmlinux", str(other)],
+            "no-vmlinux": ["--vmcore", str(b.elf)]}[case]      # not in the standard places
+    import os
+    if case == "no-kcore" and os.path.exists("/proc/kcore"):
         pytest.skip("this host has /proc/kcore")
+    if case == "no-vmlinux" and os.path.exists(f"/usr/lib/debug/boot/vmlinux-{b.kernel.release}"):
+        pytest.skip("this host has the guest kernel's debug info installed")
     s = Serve(*args, "--interval", "0.5")
     m = s.wait_runs(3)
     assert _v(m, "mmrwatch_collector_success", collector="pgtable") == 0

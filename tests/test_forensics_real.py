@@ -11,11 +11,13 @@ mapping rules), and the oops text is the kernel's own.
 import json
 import struct
 
+import jsonschema
 import pytest
 
 from mmrwatch.collectors import efi
 from tests.bed import uvinject as U
 from tests.conftest import mmrwatch
+from tests.unit.test_report_formats import schema
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
@@ -23,7 +25,11 @@ pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 def _report(dump, vmlinux, fmt="json"):
     res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(vmlinux), "--format", fmt)
     assert res.returncode in (0, 1, 2), res.stderr
-    return json.loads(res.stdout) if fmt == "json" else res.stdout
+    if fmt != "json":
+        return res.stdout
+    doc = json.loads(res.stdout)
+    jsonschema.validate(doc, schema())
+    return doc
 
 
 def test_fault_in_efi_code_while_on_the_kernel_page_table(bed):
@@ -63,6 +69,9 @@ def test_fault_in_efi_code_while_on_the_kernel_page_table(bed):
     assert c["verdict"].endswith("mapped only in efi_mm")
     text = _report(b.real_kdump, b.kernel.vmlinux, "text")
     assert f"CRASH    CPU {c['panic_cpu']} faulted at {addr}" in text
+    md = _report(b.real_kdump, b.kernel.vmlinux, "markdown")
+    assert f"**Crash:** CPU {c['panic_cpu']} faulted at {addr}" in md
+    assert "| init_mm | **no** |" in md and "| efi_mm | yes |" in md
 
 
 def test_sysrq_crash_and_running_dumps(bed):

@@ -128,3 +128,33 @@ def test_uv_state_of_real_kernels(bed, name, state):
     assert doc["uv"]["state"] == state
     assert not [r for r in doc["ranges"] if r["source"] == "uv"]   # no false alarms
     assert rc == 0
+
+
+def test_progress_only_on_a_terminal_and_never_on_stdout(bed):
+    import os
+    import pty
+    import subprocess
+    import sys
+    b = bed.boot("debian-l5")
+    cmd = [sys.executable, "-m", "mmrwatch", "report", "--vmcore", str(b.elf), "--vmlinux",
+           str(b.kernel.vmlinux), "--format", "json"]
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, timeout=300)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(master)
+    assert b"walking efi_mm and init_mm" in err
+    json.loads(p.stdout)                          # stdout is the report and nothing else
+    quiet = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert quiet.stderr == b"" and json.loads(quiet.stdout) == json.loads(p.stdout) | {
+        "stats": json.loads(quiet.stdout)["stats"]}

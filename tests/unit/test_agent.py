@@ -233,3 +233,20 @@ def test_journald_prefix(monkeypatch, tmp_path):
     assert systemd._Formatter("logfmt", False).format(rec).startswith("ts=")
     f.close()
     Path(tmp_path / "err").unlink()
+
+
+def test_reload_rereads_the_ranges_configuration():
+    k = _uv("UV4", 1)
+    t = Target(k.program(), "synth", True, "synth", None, None)
+    calls = []
+
+    def sources():
+        calls.append(1)
+        return [engine.uv_source] if len(calls) == 1 else []
+    m = Monitor(lambda: t, sources, 300, 30)
+    m.run_once()
+    m.run_once()
+    assert len(calls) == 1 and len(m.state[1].ranges) == 3     # read once, kept
+    m.reload()                                                 # SIGHUP
+    m.run_once()
+    assert len(calls) == 2 and len(m.state[1].ranges) == 0     # the new configuration
