@@ -78,10 +78,15 @@ _MODULES_FOR = {"debian": DEBIAN_MODULES + ["virtio_pci"]}
 
 
 def _module_paths(k: Kernel) -> list[str]:
+    return _module_paths_for(k, _MODULES_FOR.get(k.name, []))
+
+
+def _module_paths_for(k: Kernel, modules: list[str]) -> list[str]:
+    """Module files to insmod, dependencies first (``modprobe --show-depends`` order)."""
     if k.modules is None:
         return []
     seen, out = set(), []
-    for mod in _MODULES_FOR.get(k.name, []):
+    for mod in modules:
         res = subprocess.run(["modprobe", "-d", str(k.modules), "-S", k.release,
                               "--show-depends", mod], capture_output=True, text=True)
         for line in res.stdout.splitlines():
