@@ -35,7 +35,27 @@ def _recap(out: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
-def test_role_deploys_hardened_service_scraped_by_prometheus(tmp_path):
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel or variable, PromQL) for every query in the Grafana dashboard, with Grafana's
+    variables replaced the way Grafana does for "All"."""
+    dash = json.loads((REPO / "deploy/grafana/mmrwatch.json").read_text())
+    subst = {"$instance": ".*", "$blade": ".*", "$__rate_interval": "1m"}
+    out = []
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            out.append((p["title"], t["expr"]))
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            m = re.fullmatch(r"label_values\((.*), (\w+)\)", v["definition"])
+            out.append((f"${v['name']}", m.group(1)))
+    for i, (name, expr) in enumerate(out):
+        for k, val in subst.items():
+            expr = expr.replace(k, val)
+        out[i] = (name, expr)
+    return out
+
+
+def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, str(REPO / "deploy/wheelhouse"), str(dist)], check=True,
                    capture_output=True, timeout=900)
@@ -71,6 +91,9 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(tmp_path):
                 timeout=600)
             ranges = prom.query("sum(mmrwatch_ranges)")
             kernel = prom.query("mmrwatch_kernel_info")
+            prom.wait("a CPU rate over two checks", lambda: prom.query(
+                "rate(mmrwatch_walk_cpu_seconds_total[1m])"), timeout=300)
+            dashboard = {name: prom.query(expr) for name, expr in _dashboard_queries()}
         journal = g.ssh("journalctl -u mmrwatch --no-pager -o cat", check=False).stdout
         status = g.ssh("systemctl show mmrwatch -p StatusText").stdout
     assert props["ActiveState"] == "active" and props["SubState"] == "running", props
@@ -81,3 +104,11 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(tmp_path):
     assert kernel[0]["metric"]["release"] == k.release
     assert "ranges mapped as required" in status, status
     assert "check ok" in journal and "Traceback" not in journal
+    # every dashboard query is valid PromQL against the real server; the ones that must
+    # have data on a healthy fleet do
+    for name in ("Hosts with unmapped firmware ranges", "Checks failing", "Check success",
+                 "Check duration", "Versions across the fleet", "CPU spent in checks",
+                 "$instance", "Oldest successful check"):
+        assert dashboard[name], name
+    assert float(dashboard["Hosts with unmapped firmware ranges"][0]["value"][1]) == 0
+    assert dashboard["$instance"][0]["metric"]["instance"] == f"127.0.0.1:{agent_port}"

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from .cache import cache_root, run
 from .kernels import DEBIAN_MODULES, Kernel
@@ -99,10 +100,21 @@ def _module_paths_for(k: Kernel, modules: list[str]) -> list[str]:
 
 def build(k: Kernel, shares: dict[str, str]) -> Path:
     """The initramfs for kernel ``k`` with 9p ``shares`` (tag -> guest path), cached."""
-    mods = _module_paths(k)
-    key = hashlib.sha256((INIT + repr(sorted(shares.items())) + repr(mods)
-                          + k.release).encode()).hexdigest()[:16]
-    out = cache_root() / "initramfs" / f"{k.name}-{key}.cpio.gz"
+    files = {"shares.list": "\n".join(f"{t}={p}" for t, p in shares.items()) + "\n"}
+    for f in ("/etc/ld.so.cache", "/etc/passwd", "/etc/group"):
+        files[f"etc/{Path(f).name}"] = Path(f).read_bytes()
+    return pack(f"{k.name}", k, INIT, _module_paths(k), files)
+
+
+def pack(name: str, k: Kernel, init: str, mods: list[str],
+         files: Optional[dict[str, str | bytes]] = None) -> Path:
+    """A busybox initramfs running ``init`` that insmods ``mods`` (in order) from
+    /modules.list, plus ``files``; cached under a hash of everything that goes in."""
+    files = files or {}
+    h = hashlib.sha256((init + repr(mods) + k.release).encode())
+    for rel, data in sorted(files.items()):
+        h.update(rel.encode() + (data.encode() if isinstance(data, str) else data))
+    out = cache_root() / "initramfs" / f"{name}-{h.hexdigest()[:16]}.cpio.gz"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +127,7 @@ def build(k: Kernel, shares: dict[str, str]) -> Path:
                                      text=True, check=True).stdout.split():
             if applet != "busybox":
                 (root / "bin" / applet).symlink_to("busybox")
-        (root / "init").write_text(INIT)
+        (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         guest_mods = []
         for i, m in enumerate(mods):
@@ -123,9 +135,9 @@ def build(k: Kernel, shares: dict[str, str]) -> Path:
             shutil.copy(m, dst)
             guest_mods.append(f"/lib/modules/{dst.name}")
         (root / "modules.list").write_text("\n".join(guest_mods) + "\n")
-        (root / "shares.list").write_text("\n".join(f"{t}={p}" for t, p in shares.items()) + "\n")
-        for f in ("/etc/ld.so.cache", "/etc/passwd", "/etc/group"):
-            shutil.copy(f, root / "etc" / Path(f).name)
+        for rel, data in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data.encode() if isinstance(data, str) else data)
         tmp = out.with_suffix(".tmp")
         run(f"cd '{root}' && find . | cpio -o -H newc --quiet | gzip -1 > '{tmp}'")
         os.replace(tmp, out)

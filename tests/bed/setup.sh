@@ -8,7 +8,7 @@ say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 PKGS="python3 python3-venv python3-pip qemu-system-x86 ovmf busybox-static cpio zstd xz-utils
       kmod makedumpfile kexec-tools linux-source-6.1 build-essential bc bison flex libssl-dev
-      libelf-dev dwarves rsync systemd openssl"
+      libelf-dev dwarves rsync systemd openssl debootstrap openssh-client qemu-utils e2fsprogs"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -13,13 +13,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
-from .cache import cache_root, log, provide, run
-from .initramfs import _module_paths_for
+from .cache import log, provide, run
+from .initramfs import _module_paths_for, pack
 from .kernels import Kernel
 from .qemu import OVMF_CODE, OVMF_VARS
 
@@ -78,32 +77,8 @@ def rootfs() -> Path:
 
 
 def disk_initramfs(k: Kernel) -> Path:
-    mods = _module_paths_for(k, MODULES)
-    key = hashlib.sha256((INIT + repr(mods) + k.release).encode()).hexdigest()[:16]
-    out = cache_root() / "initramfs" / f"disk-{k.name}-{key}.cpio.gz"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d)
-        for sub in ("bin", "sbin", "proc", "sys", "dev", "lib/modules"):
-            (root / sub).mkdir(parents=True)
-        shutil.copy("/usr/bin/busybox", root / "bin/busybox")
-        for applet in ("sh", "mount", "umount", "insmod", "mkdir", "sleep", "switch_root",
-                       "cat", "poweroff", "echo"):
-            (root / "bin" / applet).symlink_to("busybox")
-        (root / "init").write_text(INIT)
-        (root / "init").chmod(0o755)
-        names = []
-        for i, m in enumerate(mods):
-            dst = root / "lib/modules" / f"{i:02d}-{Path(m).name}"
-            shutil.copy(m, dst)
-            names.append(f"/lib/modules/{dst.name}")
-        (root / "modules.list").write_text("\n".join(names) + "\n")
-        tmp = out.with_suffix(".tmp")
-        run(f"cd '{root}' && find . | cpio -o -H newc --quiet | gzip -1 > '{tmp}'")
-        os.replace(tmp, out)
-    return out
+    """Load the disk, filesystem and network modules, mount /dev/vda, switch_root."""
+    return pack(f"disk-{k.name}", k, INIT, _module_paths_for(k, MODULES))
 
 
 class SystemGuest:
