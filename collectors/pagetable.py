@@ -37,6 +37,7 @@ _LARGE_ALIGN = {PUD: (1 << 30) - 1, PMD: (1 << 21) - 1}
 # minus _RAMP[level] (digits k*s), every 64-bit digit equals v0 (no digit overflows: checked
 # on the last one): a few C-level big-int/bytes operations instead of 512 Python ints.
 _RAMP = {lvl: int.from_bytes(t, "little") for lvl, t in _TEMPL.items()}
+_ONES = int.from_bytes(array("Q", [1] * ENTRIES), "little")     # digit 1 in every slot
 _U64 = 1 << 64
 
 
@@ -78,6 +79,8 @@ class TableReader:
         self._cache: OrderedDict[int, Optional[array]] = OrderedDict()
         self._limit = limit
         self.reads = 0
+        # pa -> "the whole table is one linear run": efi_mm revisits init_mm's tables
+        self.linear: dict[int, bool] = {}
 
     def table(self, pa: int) -> Optional[array]:
         """The 512 entries of the table at ``pa``; None for an all-zero page."""
@@ -94,7 +97,8 @@ class TableReader:
         self.reads += 1
         arr = None if raw == _ZERO else array("Q", raw)
         if len(self._cache) >= self._limit:
-            self._cache.popitem(last=False)
+            old, _ = self._cache.popitem(last=False)
+            self.linear.pop(old, None)
         self._cache[pa] = arr
         return arr
 
@@ -182,7 +186,7 @@ class Walker:
             return
         first = level == x86.top_level(self.levels)
         leafy = level == PTE or level in _LARGE_ALIGN
-        if leafy and self._linear(arr, level, i0, i1, first, eff, base, on_leaf):
+        if leafy and self._linear(arr, pa, level, i0, i1, first, eff, base, on_leaf):
             return
         i = i0
         while i <= i1:
@@ -233,7 +237,7 @@ class Walker:
             self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
                         on_leaf, on_hole)
 
-    def _linear(self, arr: array, level: int, i0: int, i1: int, first: bool, eff: int,
+    def _linear(self, arr: array, pa: int, level: int, i0: int, i1: int, first: bool, eff: int,
                 base: int, on_leaf: LeafFn) -> bool:
         """Report a slice of linear leaves in one call when the whole slice is linear."""
         v0 = arr[i0]
@@ -244,10 +248,18 @@ class Walker:
         if arr[i1] != last or last >= _U64:
             return False
         whole = n == ENTRIES
-        big = int.from_bytes(arr if whole else memoryview(arr)[i0:i1 + 1], "little")
-        ramp = _RAMP[level] if whole else _RAMP[level] & ((1 << (64 * n)) - 1)
-        d = big - ramp
-        if d < 0 or d.to_bytes(8 * n, "little") != v0.to_bytes(8, "little") * n:
+        known = self.reader.linear.get(pa) if whole else None
+        if known is None:
+            # no digit overflows (last < 2**64), so the table is linear exactly when its
+            # little-endian integer is v0 in every digit plus the ramp k * stride
+            big = int.from_bytes(arr if whole else memoryview(arr)[i0:i1 + 1], "little")
+            if whole:
+                known = big == v0 * _ONES + _RAMP[level]
+                self.reader.linear[pa] = known
+            else:
+                mask = (1 << (64 * n)) - 1
+                known = big == v0 * (_ONES & mask) + (_RAMP[level] & mask)
+        if not known:
             return False
         if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
             return False  # let the slow path report the misalignment

@@ -153,3 +153,51 @@ def test_2016_regression_in_a_real_kdump(bed):
                       for e in r["expectations"] if e["severity"] in ("warning", "critical"))
     assert problems == [("LOCAL_MMR", "efi_mm", "direct"), ("LOCAL_MMR", "init_mm", "direct")]
     assert doc["crash"]["crashed"] and doc["crash"]["panic_message"] == "sysrq triggered crash"
+
+
+def test_more_personalities_and_failures_on_one_running_kernel(bed):
+    """UV5 healthy, then on top of it: the reverse failure (runtime-listed MMR absent from
+    efi_mm's 1:1 map), a 2 MiB hole inside MMR_HI, and a hubless system.  Each state is
+    dumped in the same pause that wrote it."""
+    seen = {}
+
+    def scenarios(guest, b):
+        def step(tag, fn):
+            U.inject(guest, fn, resume=False)
+            seen[tag] = _report(guest, b, tag, paused=True)
+
+        step("uv5", lambda gm: U.make_uv(gm, U.Personality("UV5")))
+        step("reverse", lambda gm: gm.add_runtime_mmio(*LOCAL))
+
+        def hole(gm):
+            gm.unmap_2m(gm.root("init_mm"), gm.facts.page_offset_base + 0x3FFF0000000 + (4 << 20),
+                        2 << 20)
+        step("hole", hole)
+        step("hubless", lambda gm: gm.set_var("uv_hubless_system", 1))
+
+    b = bed.boot("uv-inject", keep=scenarios)
+    doc, rc = seen["uv5"]
+    # UV5: revision base 9, MMR_HI segment 32 MiB (shift 25), GRU 32 MiB, no GLOBAL_MMR32
+    assert doc["uv"] == {"state": "hubbed", "hub": "UV5", "revision": 9, "blades": 1,
+                         "min_pnode": 0, "max_pnode": 0}
+    sizes = {r["name"]: r["size"] for r in doc["ranges"] if r["source"] == "uv"}
+    assert sizes == {"LOCAL_MMR": 32 << 20, "MMR_HI": 32 << 20, "GRU_HI": 32 << 20}
+    assert rc == 0, doc["verdict_text"]
+
+    doc, rc = seen["reverse"]
+    assert rc == 2
+    assert _st(doc, "LOCAL_MMR", "init_mm") == ("ok", "ok")
+    assert _st(doc, "LOCAL_MMR", "efi_mm") == ("ok", "ok")                 # shared half
+    assert _st(doc, "LOCAL_MMR", "efi_mm", "identity") == ("missing", "critical")
+
+    doc, rc = seen["hole"]
+    (mmr,) = [r for r in doc["ranges"] if r["name"] == "MMR_HI"]
+    for e in mmr["expectations"]:
+        if e["rule"] == "direct":
+            assert (e["status"], e["severity"], e["missing_bytes"]) == ("partial", "critical",
+                                                                        2 << 20), e
+            assert e["mapped_bytes"] == (30 << 20)
+
+    doc, rc = seen["hubless"]
+    assert doc["uv"] == {"state": "hubless"}
+    assert not [r for r in doc["ranges"] if r["source"] == "uv"]
