@@ -67,9 +67,12 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
                        f"ansible_user=root ansible_ssh_private_key_file={g.key} "
                        "ansible_ssh_common_args='-o StrictHostKeyChecking=no "
                        "-o UserKnownHostsFile=/dev/null'\n")
+        import bcrypt
+        hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
         extra = {"mmrwatch_wheelhouse_dir": str(dist / "wheelhouse"),
                  "mmrwatch_web_listen_address": "0.0.0.0:19864", "mmrwatch_interval": 10,
-                 "mmrwatch_vmlinux": "/mnt/kernel/vmlinux"}
+                 "mmrwatch_vmlinux": "/mnt/kernel/vmlinux",
+                 "mmrwatch_basic_auth_users": {"prometheus": hashed}}
         rc, out = _playbook(inv, extra, tmp_path / "first.log")
         assert rc == 0, out[-4000:]
         first = _recap(out)
@@ -85,7 +88,16 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
         score = float(re.search(r"Overall exposure level for mmrwatch.service: ([\d.]+)",
                                 sec).group(1))
         print(f"systemd-analyze security mmrwatch (on the guest): {score}")
-        with Prometheus(tmp_path / "prom", [f"127.0.0.1:{agent_port}"], []) as prom:
+        web_config = g.ssh("cat /etc/mmrwatch/web-config.yml").stdout
+        import urllib.error
+        import urllib.request
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{agent_port}/metrics", timeout=60)
+            unauth = "200"
+        except urllib.error.HTTPError as e:
+            unauth = str(e.code)
+        with Prometheus(tmp_path / "prom", [f"127.0.0.1:{agent_port}"], [], job_extra=(
+                "    basic_auth:\n      username: prometheus\n      password: s3cret\n")) as prom:
             up = prom.wait("a successful check scraped from the guest", lambda: [
                 r for r in prom.query('mmrwatch_collector_success{collector="pgtable"} == 1')],
                 timeout=600)
@@ -99,6 +111,7 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
     assert props["ActiveState"] == "active" and props["SubState"] == "running", props
     assert props["Type"] == "notify" and props["DynamicUser"] == "yes"
     assert props["NRestarts"] == "0", journal[-3000:]
+    assert f"prometheus: '{hashed}'" in web_config and unauth == "401"
     assert score <= 2.5
     assert up and float(ranges[0]["value"][1]) >= 1                 # EFI runtime regions
     assert kernel[0]["metric"]["release"] == k.release

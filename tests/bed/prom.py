@@ -43,7 +43,7 @@ class Prometheus:
     """A throwaway server: loopback listener, private storage, fast scrape/eval intervals."""
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path],
-                 interval: str = "1s", scheme: str = "http", extra_job: str = "") -> None:
+                 interval: str = "1s", scheme: str = "http", job_extra: str = "") -> None:
         self.dir = workdir
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -51,8 +51,8 @@ class Prometheus:
         (workdir / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
             f"rule_files:\n{rules}\n"
-            f"scrape_configs:\n  - job_name: mmrwatch\n    scheme: {scheme}\n"
-            f"    static_configs:\n      - targets: {json.dumps(targets)}\n{extra_job}")
+            f"scrape_configs:\n  - job_name: mmrwatch\n    scheme: {scheme}\n{job_extra}"
+            f"    static_configs:\n      - targets: {json.dumps(targets)}\n")
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "Prometheus":
