@@ -30,6 +30,13 @@ EXIT_CODES = f"""exit codes:
   {EXIT_CONFIG}  serve: bad --web.config.file or --ranges file
 `mmrwatch check` uses the Nagios codes instead (see `mmrwatch check --help`).
 """
+SERVE_NOTES = """signals: SIGHUP re-reads --ranges and --web.config.file and checks at once;
+SIGTERM stops (exit 0).  Kernel-side failures (no /proc/kcore, permission, debug info,
+timeout) never stop the daemon: they are exported as mmrwatch_collector_success 0.
+privileges: /proc/kcore needs CAP_SYS_RAWIO (plus CAP_DAC_READ_SEARCH when not uid 0) and
+is refused under lockdown=confidentiality; see systemd/mmrwatch.service.
+
+"""
 _KIND_EXIT = {"noinput": EXIT_NOINPUT, "data": EXIT_DATA, "debuginfo": EXIT_DEBUGINFO,
               "permission": EXIT_PERMISSION}
 
@@ -93,7 +100,8 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
     from . import nagios, serve
     s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
                        "export Prometheus metrics (HTTP and/or textfile)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=SERVE_NOTES + EXIT_CODES)
     serve.add_arguments(s)
     c = sub.add_parser("check", help="one-shot live check for Nagios/Icinga (exit 0/1/2/3)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
