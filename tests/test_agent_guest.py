@@ -92,7 +92,10 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
             prom.wait("the simulated UV4 hub", lambda: _value(prom, "mmrwatch_uv_blades") == 1,
                       timeout=300)
             time.sleep(8)                                 # two more checks: still no alert
-            seen["healthy_alerts"] = [a["labels"]["alertname"] for a in prom.alerts()]
+            # (MmrwatchDown may legitimately fire: scrapes fail while the VM is paused for
+            # the injection, and the test shortens its `for:` to seconds)
+            seen["healthy_alerts"] = [a["labels"]["alertname"] for a in prom.alerts()
+                                      if a["labels"]["alertname"] != "MmrwatchDown"]
             U.inject(guest, _regression)
             seen["fired"] = prom.wait("MmrwatchRangeNotMapped for LOCAL_MMR in init_mm", _firing(
                 prom, alertname="MmrwatchRangeNotMapped", range="LOCAL_MMR", mm="init_mm"),

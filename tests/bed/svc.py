@@ -85,6 +85,13 @@ def seconds(spec: str) -> float:
     return float(m.group(1)) * {"ms": 1e-3, "s": 1, "": 1, "min": 60}[m.group(2)]
 
 
+def _publish(path: Path, text: str) -> None:
+    """Write then rename: the host polls for the file over 9p and must never see it empty."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("unit", type=Path)
@@ -119,10 +126,10 @@ def main() -> int:
     threading.Thread(target=listen, daemon=True).start()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=journal,
                             stderr=journal, cwd="/")
-    (a.state / "pid").write_text(f"{proc.pid}\n")
+    _publish(a.state / "pid", f"{proc.pid}\n")
     rc = proc.wait()
     time.sleep(0.2)                  # let the last datagrams land
-    (a.state / "exit").write_text(f"{rc}\n")
+    _publish(a.state / "exit", f"{rc}\n")
     return 0
 
 
