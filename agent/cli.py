@@ -130,9 +130,7 @@ def _open(args: argparse.Namespace):
     from mmrwatch.collectors import target
     if getattr(args, "target", None) is not None:      # set by the drgn command
         return args.target
-    if args.live:
-        return target.open_live(args.vmlinux)
-    return target.open_vmcore(args.vmcore, args.vmlinux)
+    return target.open_target(args.vmcore, args.vmlinux)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

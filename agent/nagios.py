@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     sources = engine.default_sources(args.ranges)
     t0 = time.time()
     deadline = time.monotonic() + args.timeout
-    tgt = (target.open_vmcore(args.vmcore, args.vmlinux) if args.vmcore
-           else target.open_live(args.vmlinux))
+    tgt = target.open_target(args.vmcore, args.vmlinux)
     try:
         res = engine.run_check(tgt, sources, deadline=deadline)
         unconfirmed = engine.confirm(res, deadline)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import mmrwatch
-from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
+from mmrwatch.collectors.check import CRITICAL, OK, WARNING, Finding
 from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.forensics import Crash
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
@@ -110,14 +110,11 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
                   else f"no page table: {s.reason}")
         out.append(f"  {name:<8} {detail}")
     out += ["", f"Ranges ({len(res.ranges)})"]
-    by_range: dict[int, list[Finding]] = {}
-    for f in res.findings:
-        by_range.setdefault(id(f.range), []).append(f)
     for r in res.ranges:
         attrs = " ".join(f"{a}={v}" for a, v in r.attrs)
         out.append(f"  {r.label}  PA {_hex(r.phys)}-{_hex(r.end)} ({human_size(r.size)}), "
                    f"source {r.source}{', ' + attrs if attrs else ''}")
-        for f in by_range.get(id(r), []):
+        for f in res.findings_of(r):
             out.append(_finding_line(f))
             if verbose or f.severity != OK:
                 for e in f.extents[:8]:
@@ -180,12 +177,6 @@ def crash_dict(c: Crash) -> dict[str, Any]:
 def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
     """The versioned JSON document."""
     k, t = res.facts, res.target
-    by_range: dict[int, list[Finding]] = {}
-    for f in res.findings:
-        by_range.setdefault(id(f.range), []).append(f)
-    counts = {s: 0 for s in SEVERITY_ORDER}
-    for f in res.findings:
-        counts[f.severity] += 1
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "mmrwatch", "version": mmrwatch.__version__},
@@ -201,12 +192,12 @@ def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
         "address_spaces": {n: {"state": s.state, "root_pa": _hex(s.root_pa),
                                "source": s.source, "reason": s.reason or None}
                            for n, s in res.spaces.items()},
-        "summary": {"ranges": len(res.ranges), "findings": counts},
+        "summary": {"ranges": len(res.ranges), "findings": res.severity_counts()},
         "uv": res.summaries.get("uv"),
         "ranges": [{"name": r.name, "blade": r.blade, "source": r.source, "kind": r.kind,
                     "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,
                     "attrs": dict(r.attrs),
-                    "expectations": [_finding_json(f, res) for f in by_range.get(id(r), [])]}
+                    "expectations": [_finding_json(f, res) for f in res.findings_of(r)]}
                    for r in res.ranges],
         "walk_errors": [{"level": e.level, "va": _hex(e.va), "table_pa": _hex(e.table_pa),
                          "message": e.message} for e in res.walk_errors],

@@ -80,8 +80,8 @@ class Daemon:
         http = args.listen is not None or args.textfile is None
         self.registry = metrics.registry(lambda: self.monitor.state, args.per_range,
                                          process=http)
-        self.tf_registry = metrics.registry(lambda: self.monitor.state, args.per_range,
-                                            process=False)
+        self.tf_registry = (metrics.registry(lambda: self.monitor.state, args.per_range,
+                                             process=False) if args.textfile else None)
         if args.textfile is not None:
             try:
                 textfile.check_target(args.textfile)
@@ -110,9 +110,7 @@ class Daemon:
 
     def _open(self):
         from mmrwatch.collectors import target
-        if self.args.vmcore:
-            return target.open_vmcore(self.args.vmcore, self.args.vmlinux)
-        return target.open_live(self.args.vmlinux)
+        return target.open_target(self.args.vmcore, self.args.vmlinux)
 
     def _sources(self):
         from mmrwatch.collectors import engine

@@ -8,7 +8,7 @@ a kernel virtual address (KASLR).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding
+from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding, worst
 from mmrwatch.collectors.engine import CheckResult
 
 # Statuses whose bytes are "not mapped at the VA the other side uses" (the 2016 failure).
@@ -99,20 +99,15 @@ def _range_state(rng, findings: list[Finding]) -> RangeState:
             wrong[mm] = max(wrong[mm], f.wrong_cache_bytes)
         elif f.status == "stale":
             stale[mm] = max(stale.get(mm, 0), f.missing_bytes)
-    sev = max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default=OK)
+    sev = worst(f.severity for f in findings)
     return RangeState(rng.name, "" if rng.blade is None else str(rng.blade), rng.source,
                       rng.kind, rng.phys, rng.size, unmapped, wrong, stale, sev)
 
 
 def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snapshot:
     """Condense a check into a snapshot (``started`` is the wall-clock start time)."""
-    by_range: dict[int, list[Finding]] = {}
-    for f in res.findings:
-        by_range.setdefault(id(f.range), []).append(f)
-    states = tuple(_range_state(r, by_range.get(id(r), [])) for r in res.ranges)
-    counts: dict[str, int] = {s: 0 for s in SEVERITY_ORDER}
-    for f in res.findings:
-        counts[f.severity] += 1
+    states = tuple(_range_state(r, res.findings_of(r)) for r in res.ranges)
+    counts = res.severity_counts()
     problems = tuple(_line(f) for f in sorted(
         (f for f in res.findings if f.problem),
         key=lambda f: (-SEVERITY_ORDER[f.severity], f.range.phys, f.mm)))

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import drgn
 
 from . import efi, userranges, uv
-from .check import Checker, Finding, worst
+from .check import SEVERITY_ORDER, Checker, Finding, worst
 from .kernel import KernelFacts, make_walker, read_facts
 from .mm import AddressSpace, address_spaces
 from .pagetable import WalkError
@@ -53,10 +53,25 @@ class CheckResult:
     seconds: float
     table_reads: int
     summaries: dict[str, dict] = field(default_factory=dict)
+    _by_range: Optional[dict[int, list[Finding]]] = field(default=None, repr=False)
 
     @property
     def verdict(self) -> str:
         return worst(f.severity for f in self.findings)
+
+    def findings_of(self, rng: Range) -> list[Finding]:
+        """The findings of one range, in check order (grouped once, on first use)."""
+        if self._by_range is None:
+            self._by_range = {}
+            for f in self.findings:
+                self._by_range.setdefault(id(f.range), []).append(f)
+        return self._by_range.get(id(rng), [])
+
+    def severity_counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in SEVERITY_ORDER}
+        for f in self.findings:
+            counts[f.severity] += 1
+        return counts
 
 
 def efi_source(ctx: Context) -> list[Range]:
@@ -135,5 +150,6 @@ def confirm(res: CheckResult, deadline: Optional[float] = None) -> int:
         again = checker.check_one(f.range, f.exp)
         dropped += not again.problem
         res.findings[i] = again           # the fresher of two views
+    res._by_range = None
     res.walk_errors.extend(walker.errors)
     return dropped

@@ -189,6 +189,11 @@ def open_live(vmlinux: Optional[str] = None) -> Target:
     return Target(prog, KCORE, True, "live", vml, bid)
 
 
+def open_target(vmcore: Optional[str], vmlinux: Optional[str] = None) -> Target:
+    """The dump at ``vmcore`` if given, else the running kernel."""
+    return open_vmcore(vmcore, vmlinux) if vmcore else open_live(vmlinux)
+
+
 def from_program(prog: drgn.Program) -> Target:
     """A target for a program someone else opened (drgn's CLI, with its debug info)."""
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
