@@ -1,6 +1,7 @@
 """UV personalities on a real UV-enabled kernel (issue 4): hub state injected into the
 running guest, then checked on a dump of it, and the 2016 regression also live inside the
-guest on its /proc/kcore, and in a real kdump of the crashed guest.
+guest on its /proc/kcore.  Multi-blade personalities, and every fault at once in a dump, live
+and in a real kdump, are in test_uv_blades.py.
 
 Expected findings are written from the rules (research notes §2.4): MMRs in init_mm at
 page_offset_base + phys, 2 MiB, UC; efi_mm sees them through the kernel half it copies
@@ -117,42 +118,6 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         # the kernel half is shared, so efi_mm's direct-map view lacks it too: two findings
         assert sorted(problems) == [("LOCAL_MMR", "efi_mm", "direct"), ("LOCAL_MMR", "init_mm", "direct")]
     assert seen["live"][0]["target"]["live"] is True
-
-
-def test_2016_regression_in_a_real_kdump(bed):
-    """Healthy UV4, then the 2016 failure, then a real crash: the capture kernel's
-    makedumpfile output (-d 31) still holds the hub state and tells the same story."""
-    seen = {}
-
-    def scenario(guest, b):
-        def inject(gm):
-            pob = gm.facts.page_offset_base
-            U.make_uv(gm, U.Personality("UV4"))
-            gm.unmap_2m(gm.root("init_mm"), pob + LOCAL[0], LOCAL[1])
-            gm.map_2m(gm.root("efi_mm"), LOCAL[0], *LOCAL, U.EFI_UCMINUS)
-            gm.add_runtime_mmio(*LOCAL)
-            seen["pool"] = guest._uv_pool
-            seen["log_buf"] = (gm.facts.kernel_pa(gm.prog["log_buf"].value_()),
-                               int(gm.prog["log_buf_len"]))
-        U.inject(guest, inject)
-
-    b = bed.boot("uv-kdump-2016", keep=scenario)
-    base, size = seen["log_buf"]
-    assert base + size // 2 < seen["pool"] <= base + size       # the pool was the log tail
-    res = mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux", str(b.kernel.vmlinux),
-                   "--format", "json")
-    doc = json.loads(res.stdout)
-    assert res.returncode == 2 and doc["target"]["format"] == "kdump"
-    assert doc["uv"] == {"state": "hubbed", "hub": "UV4", "revision": 7, "blades": 1,
-                         "min_pnode": 0, "max_pnode": 0}
-    assert _st(doc, "LOCAL_MMR", "init_mm") == ("missing", "critical")
-    assert _st(doc, "LOCAL_MMR", "efi_mm", "identity") == ("ok", "ok")
-    for name in ("MMR_HI", "GRU_HI"):
-        assert _st(doc, name, "init_mm") == _st(doc, name, "efi_mm") == ("ok", "ok")
-    problems = sorted((r["name"], e["mm"], e["rule"]) for r in doc["ranges"]
-                      for e in r["expectations"] if e["severity"] in ("warning", "critical"))
-    assert problems == [("LOCAL_MMR", "efi_mm", "direct"), ("LOCAL_MMR", "init_mm", "direct")]
-    assert doc["crash"]["crashed"] and doc["crash"]["panic_message"] == "sysrq triggered crash"
 
 
 def test_more_personalities_and_failures_on_one_running_kernel(bed):

@@ -59,10 +59,11 @@ PLANS: dict[str, BootPlan] = {
     "uv-efifault": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                            append="crashkernel=192M oops=panic"),
                             real_kdump=True),
-    # UV state injected into the big printk buffer's tail survives into the real kdump
-    "uv-kdump-2016": BootPlan("uv", BootSpec(la57=True, mem_mib=768,
-                                             append="crashkernel=192M log_buf_len=16M"),
-                              real_kdump=True),
+    # 8 NUMA nodes (nr_node_ids 8) for multi-blade personalities; UV state injected into
+    # the big printk buffer's tail survives into the real kdump
+    "uv-numa": BootPlan("uv", BootSpec(la57=True, mem_mib=768,
+                                       append="numa=fake=8 crashkernel=192M log_buf_len=16M"),
+                        real_kdump=True),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }

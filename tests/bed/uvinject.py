@@ -158,21 +158,36 @@ class Personality:
 
 
 def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str, tuple[int, int]]:
-    """Install hub state for ``p`` and (optionally) its init_mm mappings; returns the ranges."""
+    """Install hub state for ``p`` and (optionally) its init_mm mappings; returns the ranges.
+
+    As ``uv_system_init_hub()`` leaves it (v6.1): one ``struct uv_hub_info_s`` per possible
+    NUMA node (node 0's is the static ``uv_hub_info_node0``, the others allocated), each a
+    copy of the system-wide hub info with its node's ``pnode`` and ``numa_blade_id``; nodes
+    are spread over the blades in order, so a multi-blade personality needs a multi-node
+    guest (``numa=fake=N``).  A previous personality's init_mm mappings are removed first.
+    """
     prog = gm.prog
+    nodes = int(prog["nr_node_ids"])
+    if p.blades > nodes:
+        raise ValueError(f"{p.blades} blades need >= {p.blades} NUMA nodes (boot with "
+                         f"numa=fake={p.blades}); this guest has {nodes}")
+    clear_uv(gm)
     hub_type, rev = HUB[p.hub]
     shift = 25 if p.hub == "UV5" else 26
     gshift = 25 if p.hub == "UV5" else 26 if p.hub.startswith("UV4") else 28
     t = prog.type("struct uv_hub_info_s")
-    lst = gm.alloc(8 * max(p.blades, int(prog["nr_node_ids"])))
-    for node in range(p.blades):
-        h = gm.alloc()
+    lst = gm.alloc(8 * nodes)
+    for node in range(nodes):
+        blade = node * p.blades // nodes
+        h = gm.pa_of("uv_hub_info_node0") if node == 0 else gm.alloc()
         vals = {"hub_revision": rev, "global_mmr_base": p.mmr_hi, "global_mmr_shift": shift,
-                "pnode": node, "numa_blade_id": node, "m_val": 40, "n_val": 6}
+                "pnode": blade, "numa_blade_id": blade, "m_val": 40, "n_val": 6,
+                "memory_nid": node}
         if any(m.name == "hub_type" for m in t.members):
             vals["hub_type"] = hub_type
         gm.write(h, drgn.Object(prog, t, value=vals).to_bytes_())
-        struct.pack_into("<Q", gm.ram, lst + 8 * node, gm.facts.page_offset_base + h)
+        va = prog["uv_hub_info_node0"].address_ if node == 0 else gm.facts.page_offset_base + h
+        struct.pack_into("<Q", gm.ram, lst + 8 * node, va)
     gm.set_var("__uv_hub_info_list", gm.facts.page_offset_base + lst)
     gm.set_var("uv_min_hub_revision_id", rev)
     ranges = {"LOCAL_MMR": (0xFA000000, 32 << 20),
@@ -190,7 +205,19 @@ def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str,
             gm.map_2m(init, gm.facts.page_offset_base + pa, pa, size,
                       LEAF_WB if name == "GRU_HI" else LEAF_UC)
         gm.sync_kernel_half()
+    gm.guest._uv_ranges = dict(ranges)
     return ranges
+
+
+def clear_uv(gm: GuestMemory) -> None:
+    """Undo a previous personality's init_mm mappings (its structures stay in the pool)."""
+    old = getattr(gm.guest, "_uv_ranges", {})
+    init = gm.root("init_mm")
+    for pa, size in old.values():
+        gm.unmap_2m(init, gm.facts.page_offset_base + pa, size)
+    if old:
+        gm.sync_kernel_half()
+    gm.guest._uv_ranges = {}
 
 
 def inject(guest: Guest, fn, resume: bool = True) -> None:
@@ -207,3 +234,31 @@ def inject(guest: Guest, fn, resume: bool = True) -> None:
     finally:
         if resume:
             guest.resume()
+
+
+MMR_SEG = {"UV5": 32 << 20}            # MMR_HI bytes per blade (1 << overlay BASE_SHFT)
+
+
+def many_faults(gm: GuestMemory) -> dict[str, object]:
+    """An 8-blade UV3 with one fault per range, so one state (and one kdump) shows them all.
+
+    * LOCAL_MMR: the 2016 regression (runtime MMIO, mapped 1:1 in efi_mm, not in init_mm);
+    * GLOBAL_MMR32: the reverse (runtime MMIO, in init_mm, absent from efi_mm's 1:1 map);
+    * MMR_HI blade 5: the whole segment missing; blade 2: a 2 MiB hole 4 MiB in;
+    * GRU_HI blade 6: mapped uncached (GRU must be write-back).
+    Returns what was done, for the test's own bookkeeping.
+    """
+    p = Personality("UV3", blades=8)
+    ranges = make_uv(gm, p)
+    pob, init, efi = gm.facts.page_offset_base, gm.root("init_mm"), gm.root("efi_mm")
+    seg = MMR_SEG.get(p.hub, 64 << 20)
+    local, g32 = ranges["LOCAL_MMR"], ranges["GLOBAL_MMR32"]
+    gm.unmap_2m(init, pob + local[0], local[1])
+    gm.map_2m(efi, local[0], *local, EFI_UCMINUS)
+    gm.add_runtime_mmio(*local)
+    gm.add_runtime_mmio(*g32)
+    gm.unmap_2m(init, pob + p.mmr_hi + 5 * seg, seg)
+    gm.unmap_2m(init, pob + p.mmr_hi + 2 * seg + (4 << 20), 2 << 20)
+    gseg = ranges["GRU_HI"][1] // p.blades
+    gm.map_2m(init, pob + p.gru + 6 * gseg, p.gru + 6 * gseg, gseg, LEAF_UC)
+    return {"personality": p, "ranges": ranges, "gru_seg": gseg, "mmr_seg": seg}

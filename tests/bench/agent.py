@@ -37,7 +37,7 @@ def _metrics(text: str) -> dict[str, float]:
 
 def guest_cost(work: Path) -> None:
     k = uv_kernel()
-    with Guest(k, BootSpec(la57=False, mem_mib=768, append="crashkernel=192M"),
+    with Guest(k, BootSpec(la57=False, mem_mib=768, append="crashkernel=192M numa=fake=2"),
                work / "g") as g:
         U.inject(g, lambda gm: U.make_uv(gm, U.Personality("UV4", blades=2)))
         py = sys.executable

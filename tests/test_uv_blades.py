@@ -1,0 +1,161 @@
+"""Multi-blade UV personalities on a real UV-enabled kernel with 8 NUMA nodes (issue 4).
+
+One boot (``numa=fake=8``, 5-level paging) serves every test here: healthy personalities of
+each hub type with 2 and 8 blades, each dumped in the pause that wrote it; then one state
+with a fault in every range (``uvinject.many_faults``), checked on a dump of the running
+guest, live inside the guest on its /proc/kcore, and in a real kdump of the crashed guest.
+
+Expected findings are written from the rules (research notes §2-§3, v6.1
+``uv_system_init_hub``/``map_mmr_high``/``map_gru_high``): MMR_HI is ``1 << shift`` bytes
+per pnode (shift 25 on UV5, else 26), GRU_HI ``1 << gshift`` per pnode (25 UV5, 26 UV4/UV4A,
+28 UV2/UV3), GLOBAL_MMR32 only on UV2/UV3 from v5.10, all in init_mm at page_offset_base +
+phys and seen by efi_mm through the kernel half it copies.
+"""
+import json
+import sys
+
+import pytest
+
+from tests.bed import uvinject as U
+from tests.conftest import mmrwatch
+
+pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
+MMR_HI, GRU = 0x3FFF0000000, 0x7FF00000000
+# hub -> (revision, MMR_HI bytes per blade, GRU_HI bytes per blade, has GLOBAL_MMR32)
+RULES = {"UV2": (3, 64 << 20, 256 << 20, True), "UV3": (5, 64 << 20, 256 << 20, True),
+         "UV4": (7, 64 << 20, 64 << 20, False), "UV4A": (8, 64 << 20, 64 << 20, False),
+         "UV5": (9, 32 << 20, 32 << 20, False)}
+HEALTHY = [("UV2", 8), ("UV3", 2), ("UV4", 2), ("UV4A", 8), ("UV5", 8)]
+
+
+def _dump_report(guest, b, tag):
+    """Dump the (already paused) guest, resume it, and report on the dump as JSON."""
+    try:
+        dump = guest.dump(b.dir / f"{tag}.elf")
+    finally:
+        guest.resume()
+    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(b.kernel.vmlinux),
+                   "--format", "json")
+    dump.unlink()
+    return json.loads(res.stdout), res.returncode
+
+
+@pytest.fixture(scope="module")
+def numa(bed):
+    seen = {}
+
+    def scenarios(guest, b):
+        _, so, _ = guest.run("ls -d /sys/devices/system/node/node*")
+        seen["nodes"] = len(so.split())
+        for hub, blades in HEALTHY:
+            U.inject(guest, lambda gm: U.make_uv(gm, U.Personality(hub, blades)), resume=False)
+            seen[(hub, blades)] = _dump_report(guest, b, f"{hub}x{blades}")
+
+        def faults(gm):
+            seen["faults"] = U.many_faults(gm)
+            seen["pool"] = guest._uv_pool
+            seen["log_buf"] = (gm.facts.kernel_pa(gm.prog["log_buf"].value_()),
+                               int(gm.prog["log_buf_len"]))
+        U.inject(guest, faults, resume=False)
+        seen["dump"] = _dump_report(guest, b, "faults")
+        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
+                                 f"{b.kernel.vmlinux} --format json", timeout=900, check=False)
+        seen["live"] = (json.loads(out) if out.strip() else err, rc)
+
+    seen["boot"] = bed.boot("uv-numa", keep=scenarios)
+    return seen
+
+
+def _uv(doc):
+    return [r for r in doc["ranges"] if r["source"] == "uv"]
+
+
+def _blade(r):
+    return -1 if r["blade"] is None else r["blade"]
+
+
+def _layout(doc):
+    """(name, blade or -1, physical start, size) of every UV range, sorted."""
+    return sorted((r["name"], _blade(r), int(r["phys_start"], 16), r["size"]) for r in _uv(doc))
+
+
+def _expected_layout(hub, blades):
+    _, mseg, gseg, g32 = RULES[hub]
+    out = [("LOCAL_MMR", -1, 0xFA000000, 32 << 20)]
+    if g32:
+        out.append(("GLOBAL_MMR32", -1, 0xFC000000, 32 << 20))
+    out += [("MMR_HI", b, MMR_HI + b * mseg, mseg) for b in range(blades)]
+    out += [("GRU_HI", b, GRU + b * gseg, gseg) for b in range(blades)]
+    return sorted(out)
+
+
+def _problems(doc):
+    return sorted((r["name"], _blade(r), e["mm"], e["rule"],
+                   e["status"], e["missing_bytes"])
+                  for r in doc["ranges"] for e in r["expectations"]
+                  if e["severity"] in ("warning", "critical"))
+
+
+def test_guest_has_eight_nodes(numa):
+    assert numa["nodes"] == 8
+
+
+@pytest.mark.parametrize("hub,blades", HEALTHY)
+def test_healthy_multi_blade_personality(numa, hub, blades):
+    doc, rc = numa[(hub, blades)]
+    assert doc["uv"] == {"state": "hubbed", "hub": hub, "revision": RULES[hub][0],
+                         "blades": blades, "min_pnode": 0, "max_pnode": blades - 1}
+    assert _layout(doc) == _expected_layout(hub, blades)
+    for r in _uv(doc):
+        for e in r["expectations"]:
+            assert (e["status"], e["severity"]) == ("ok", "ok"), (r["name"], r["blade"], e)
+    assert rc == 0, doc["verdict_text"]
+
+
+def _expected_fault_problems():
+    """From the rules: every fault shows in init_mm and, through the shared kernel half,
+    in efi_mm's direct-map view; the runtime-MMIO ones in efi_mm's 1:1 map."""
+    mseg = RULES["UV3"][1]
+    out = [("LOCAL_MMR", -1, mm, "direct", "missing", 32 << 20) for mm in ("init_mm", "efi_mm")]
+    out.append(("GLOBAL_MMR32", -1, "efi_mm", "identity", "missing", 32 << 20))
+    out += [("MMR_HI", 5, mm, "direct", "missing", mseg) for mm in ("init_mm", "efi_mm")]
+    out += [("MMR_HI", 2, mm, "direct", "partial", 2 << 20) for mm in ("init_mm", "efi_mm")]
+    out += [("GRU_HI", 6, mm, "direct", "wrong-cache", 0) for mm in ("init_mm", "efi_mm")]
+    return sorted(out)
+
+
+def _check_faults(doc, rc):
+    assert isinstance(doc, dict), doc
+    assert doc["uv"] == {"state": "hubbed", "hub": "UV3", "revision": 5, "blades": 8,
+                         "min_pnode": 0, "max_pnode": 7}
+    assert _layout(doc) == _expected_layout("UV3", 8)
+    assert _problems(doc) == _expected_fault_problems()
+    # the 2016 regression's other half: EFI does have it, 1:1
+    (local,) = [r for r in _uv(doc) if r["name"] == "LOCAL_MMR"]
+    assert [(e["rule"], e["status"]) for e in local["expectations"] if e["mm"] == "efi_mm"
+            and e["rule"] == "identity"] == [("identity", "ok")]
+    assert rc == 2 and doc["verdict"] == "critical"
+
+
+def test_faults_on_a_dump_of_the_running_kernel(numa):
+    _check_faults(*numa["dump"])
+
+
+def test_faults_live_inside_the_guest(numa):
+    doc, rc = numa["live"]
+    _check_faults(doc, rc)
+    assert doc["target"]["live"] is True
+
+
+def test_faults_in_a_real_kdump(numa):
+    """The capture kernel's makedumpfile output (-d 31) still holds the injected hub state
+    (it lives in the tail of the big printk buffer) and tells the same story."""
+    b = numa["boot"]
+    base, size = numa["log_buf"]
+    assert base + size // 2 < numa["pool"] <= base + size       # the pool was the log tail
+    res = mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux", str(b.kernel.vmlinux),
+                   "--format", "json")
+    doc = json.loads(res.stdout)
+    assert doc["target"]["format"] == "kdump"
+    _check_faults(doc, res.returncode)
+    assert doc["crash"]["crashed"] and doc["crash"]["panic_message"] == "sysrq triggered crash"
