@@ -74,6 +74,13 @@ def _has_symbol(prog: drgn.Program, name: str) -> bool:
         return False
 
 
+def old_memmap(prog: drgn.Program, spaces: dict[str, "AddressSpace"]) -> bool:
+    """EFI old memory map (``efi=old_map``, UV1): no EFI table, firmware runs on init_mm."""
+    flags = efi_flags(prog) or 0
+    return (not spaces[EFI_MM].has_table and bool(flags & (1 << EFI_RUNTIME_SERVICES))
+            and bool(flags & (1 << EFI_ARCH_1)) and _old_memmap_kernel(prog))
+
+
 def _no_table_reason(prog: drgn.Program) -> str:
     flags = efi_flags(prog)
     if flags is None:

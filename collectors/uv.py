@@ -9,7 +9,11 @@ checked against v6.1 ``arch/x86/kernel/apic/x2apic_uv_x.c``):
   from v5.10 (decided by the hub info having ``hub_type``, which v5.10 added);
 * MMR_HI  ``global_mmr_base`` (masked), ``1 << shift`` per pnode up to max_pnode, UC;
 * GRU_HI  ``[gru_start_paddr, gru_end_paddr)``, WB;
-* MMIOH   not recorded in kernel memory (only logged): reported as a note, not checked.
+* MMIOH   not recorded in kernel memory (only logged): reported as a note, not checked;
+* the UV BIOS entry ``uv_systab->function``: ``uv_bios_call()`` jumps there with efi_mm
+  loaded, so its page must be mapped executable in efi_mm (at the firmware's EFI VA, or 1:1);
+  on the EFI old memory map (UV1-era kernels, no EFI table) BIOS calls run on the kernel
+  table and the entry must be mapped at ``__va(function)`` in init_mm instead.
 
 Hubless UV systems and UV kernels on other hardware map nothing: explicit states, no ranges.
 """
@@ -59,6 +63,7 @@ class UVSystem:
     hubs: list[Hub] = field(default_factory=list)
     gru: Optional[tuple[int, int]] = None
     has_hub_type: bool = False          # v5.10+ layout
+    bios_entry: Optional[int] = None    # uv_systab->function
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -151,7 +156,35 @@ def discover(prog: drgn.Program) -> UVSystem:
         sysm.gru = (gs.value_(), ge.value_())
     sysm.notes.append("MMIOH ranges are not recorded in kernel memory (only logged at boot): "
                       "not checked; on UV3+ the kernel does not map them by design")
+    sysm.bios_entry, why = bios_entry(prog)
+    if why:
+        sysm.notes.append(why)
     return sysm
+
+
+def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
+    """``uv_systab->function`` (the UV BIOS entry), or None and why it is unknown.
+
+    v4.7+ keep an ioremapped ``struct uv_systab *uv_systab``; v4.6 a static copy.  The table
+    itself lives in firmware memory, which a kdump usually leaves out.
+    """
+    tab = lookup(prog, "uv_systab")
+    if tab is None:
+        return None, None
+    try:
+        if tab.type_.kind == drgn.TypeKind.POINTER:
+            if not tab.value_():
+                return None, "no UVsystab (uv_systab is NULL): the UV BIOS entry is not checked"
+            tab = tab[0]
+        if bytes(tab.signature.to_bytes_())[:4] != b"UVST":
+            return None, "UVsystab has no UVST signature: the UV BIOS entry is not checked"
+        fn = tab.function.value_()
+    except drgn.FaultError:
+        return None, ("UVsystab is not readable (firmware memory is usually not in a dump): "
+                      "the UV BIOS entry is not checked")
+    if not fn:
+        return None, "UVsystab has no BIOS entry (function is 0)"
+    return fn, None
 
 
 def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
@@ -186,11 +219,49 @@ def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozens
     return out
 
 
-def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor]) -> list[Range]:
+def entry_range(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
+                old_memmap: bool) -> Optional[Range]:
+    """The page holding the UV BIOS entry, expected executable where BIOS calls run.
+
+    None when the entry is unknown, or (noted) when no EFI runtime region holds it: then
+    there is no physical address to hold the mapping against.
+    """
+    fn = sysm.bios_entry
+    if fn is None:
+        return None
+    page = fn & ~0xFFF
+    why = "uv_bios_call() jumps to uv_systab->function"
+    if old_memmap:        # function is physical; the kernel's own table serves BIOS calls
+        exp = Expectation(INIT_MM, DIRECT, va_for(DIRECT, page, facts), None, executable=True,
+                          why=why + " on the kernel page table (EFI old memory map)")
+        return Range("UV_BIOS_ENTRY", page, 4096, "uv", "UV BIOS entry", None,
+                     (("function", f"0x{fn:x}"),), (exp,))
+    for d in descs:
+        if not d.runtime:
+            continue
+        if d.virt and d.virt <= page < d.virt + d.size:
+            phys, rule = d.phys + (page - d.virt), EFI_VA
+        elif d.phys <= page < d.phys + d.size:
+            phys, rule = page, IDENTITY
+        else:
+            continue
+        exp = Expectation(EFI_MM, rule, page, None, executable=True, why=why + " on efi_mm")
+        return Range("UV_BIOS_ENTRY", phys, 4096, "uv", "UV BIOS entry", None,
+                     (("function", f"0x{fn:x}"), ("efi_region", d.type_name)), (exp,))
+    sysm.notes.append(f"UV BIOS entry 0x{fn:x} lies in no EFI runtime region: "
+                      "the firmware's own map does not cover it")
+    return None
+
+
+def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
+           old_memmap: bool = False) -> list[Range]:
     """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only)."""
     if sysm.state != HUBBED:
         return []
     out = []
+    entry = entry_range(sysm, facts, descs, old_memmap)
+    if entry is not None:
+        out.append(entry)
     for name, pa, size, blade, cache in segments(sysm):
         exps = [Expectation(INIT_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
                             why="uv_system_init() maps it with init_extra_mapping_*()"),

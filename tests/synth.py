@@ -43,15 +43,18 @@ class SynthKernel:
         self.efi_root: Optional[int] = None
         self.descs: list[tuple[int, int, int, int, int]] = []
         self.memmap_pa: Optional[int] = None
+        self.old_memmap = False      # an EFI old-map (UV1-era) kernel: has the prolog symbol
         self.uv_state: Optional[dict] = None
 
     def set_uv(self, system_type: int = 2, hubless: int = 0, hub_type: int = 4,
                revision: int = 7, pnodes: tuple[int, ...] = (0,), mmr_base: int = 0,
-               mmr_shift: int = 26, gru: tuple[int, int] = (0, 0), v510: bool = True) -> None:
-        """UV globals as uv_system_init() leaves them (one hub info per pnode/node)."""
+               mmr_shift: int = 26, gru: tuple[int, int] = (0, 0), v510: bool = True,
+               bios_entry: Optional[int] = None) -> None:
+        """UV globals as uv_system_init() leaves them (one hub info per pnode/node); with
+        ``bios_entry`` also a UVsystab (``uv_systab->function``), as uv_bios_init() maps it."""
         self.uv_state = dict(system_type=system_type, hubless=hubless, hub_type=hub_type,
                              revision=revision, pnodes=pnodes, mmr_base=mmr_base,
-                             mmr_shift=mmr_shift, gru=gru, v510=v510)
+                             mmr_shift=mmr_shift, gru=gru, v510=v510, bios_entry=bios_entry)
 
     # -- memory ------------------------------------------------------------------------------
     def alloc(self) -> int:
@@ -199,7 +202,17 @@ class SynthKernel:
             self.ram[h:h + len(raw)] = raw
             struct.pack_into("<Q", self.ram, lst + node * 8, self.pob + h)
         void_pp = prog.pointer_type(prog.pointer_type(prog.void_type()))
+        systab = 0
+        if u["bios_entry"] is not None:
+            systab = self.alloc()
+            struct.pack_into("<4sIQI", self.ram, systab, b"UVST", 0x400, u["bios_entry"], 24)
+        extra = {}
+        if self.old_memmap:
+            extra["efi_uv1_memmap_phys_prolog"] = Object(prog, t.int, 0)
         return {
+            **extra,
+            "uv_systab": Object(prog, prog.pointer_type(t.systab),
+                                (self.pob + systab) if systab else 0),
             "uv_system_type": Object(prog, t.int, u["system_type"]),
             "uv_hubless_system": Object(prog, t.int, u["hubless"]),
             "uv_min_hub_revision_id": Object(prog, t.int, u["revision"]),
@@ -242,5 +255,10 @@ class _Types:
             TypeMember(self.ulong, "global_mmr_base", 0),
             TypeMember(self.ulong, "global_mmr_shift", 64), TypeMember(u8, "hub_revision", 560),
             TypeMember(u16, "pnode", 960), TypeMember(u16, "numa_blade_id", 1008)))
+        self.systab = prog.struct_type("uv_systab", 24, (
+            TypeMember(prog.array_type(prog.int_type("char", 1, True), 4), "signature", 0),
+            TypeMember(prog.int_type("unsigned int", 4, False), "revision", 32),
+            TypeMember(self.ulong, "function", 64),
+            TypeMember(prog.int_type("unsigned int", 4, False), "size", 128)))
         self.efi = prog.struct_type("efi", 64, (
             TypeMember(self.memmap, "memmap", 0), TypeMember(self.ulong, "flags", 448)))

@@ -2,7 +2,7 @@
 
 One boot (``numa=fake=8``, 5-level paging) serves every test here: healthy personalities of
 each hub type with 2 and 8 blades, each dumped in the pause that wrote it; then one state
-with a fault in every range (``uvinject.many_faults``), checked on a dump of the running
+with a fault in every range (``uvinject.many_faults``, plus a UV BIOS entry on an NX page), checked on a dump of the running
 guest, live inside the guest on its /proc/kcore, and in a real kdump of the crashed guest.
 
 Expected findings are written from the rules (research notes §2-§3, v6.1
@@ -26,6 +26,21 @@ RULES = {"UV2": (3, 64 << 20, 256 << 20, True), "UV3": (5, 64 << 20, 256 << 20, 
          "UV4": (7, 64 << 20, 64 << 20, False), "UV4A": (8, 64 << 20, 64 << 20, False),
          "UV5": (9, 32 << 20, 32 << 20, False)}
 HEALTHY = [("UV2", 8), ("UV3", 2), ("UV4", 2), ("UV4A", 8), ("UV5", 8)]
+EFI_WINDOW = (0xFFFFFFEF00000000, 0xFFFFFFFF00000000)     # [EFI_VA_END, EFI_VA_START)
+
+
+def _efi_pages(ptdump: str) -> dict[str, int]:
+    """First executable and first NX page in the EFI VA window, from the kernel's own
+    /sys/kernel/debug/page_tables/efi (independent of mmrwatch's walker)."""
+    out: dict[str, int] = {}
+    for line in ptdump.splitlines():
+        if not line.startswith("0x"):
+            continue
+        start = int(line.split("-")[0], 16)
+        words = line.split()
+        if EFI_WINDOW[0] <= start < EFI_WINDOW[1] and words[-2] in ("x", "NX"):
+            out.setdefault(words[-2], start)
+    return out
 
 
 def _dump_report(guest, b, tag):
@@ -47,12 +62,17 @@ def numa(bed):
     def scenarios(guest, b):
         _, so, _ = guest.run("ls -d /sys/devices/system/node/node*")
         seen["nodes"] = len(so.split())
+        _, so, _ = guest.run("cat /sys/kernel/debug/page_tables/efi")
+        seen["efi_pages"] = pages = _efi_pages(so)
+        # UV BIOS entry on an executable page of the firmware's runtime code
+        U.inject(guest, lambda gm: gm.set_bios_entry(pages["x"] + 0x10))
         for hub, blades in HEALTHY:
             U.inject(guest, lambda gm: U.make_uv(gm, U.Personality(hub, blades)), resume=False)
             seen[(hub, blades)] = _dump_report(guest, b, f"{hub}x{blades}")
 
         def faults(gm):
             seen["faults"] = U.many_faults(gm)
+            gm.set_bios_entry(pages["NX"] + 0x10)       # ... and a BIOS entry on an NX page
             seen["pool"] = guest._uv_pool
             seen["log_buf"] = (gm.facts.kernel_pa(gm.prog["log_buf"].value_()),
                                int(gm.prog["log_buf_len"]))
@@ -75,8 +95,16 @@ def _blade(r):
 
 
 def _layout(doc):
-    """(name, blade or -1, physical start, size) of every UV range, sorted."""
-    return sorted((r["name"], _blade(r), int(r["phys_start"], 16), r["size"]) for r in _uv(doc))
+    """(name, blade or -1, physical start, size) of every UV MMR/GRU range, sorted."""
+    return sorted((r["name"], _blade(r), int(r["phys_start"], 16), r["size"]) for r in _uv(doc)
+                  if r["name"] != "UV_BIOS_ENTRY")
+
+
+def _entry(doc):
+    """(function, [(mm, rule, status)]) of the UV BIOS entry range."""
+    (r,) = [r for r in _uv(doc) if r["name"] == "UV_BIOS_ENTRY"]
+    return int(r["attrs"]["function"], 16), [(e["mm"], e["rule"], e["status"])
+                                             for e in r["expectations"]]
 
 
 def _expected_layout(hub, blades):
@@ -106,6 +134,7 @@ def test_healthy_multi_blade_personality(numa, hub, blades):
     assert doc["uv"] == {"state": "hubbed", "hub": hub, "revision": RULES[hub][0],
                          "blades": blades, "min_pnode": 0, "max_pnode": blades - 1}
     assert _layout(doc) == _expected_layout(hub, blades)
+    assert _entry(doc) == (numa["efi_pages"]["x"] + 0x10, [("efi_mm", "efi_va", "ok")])
     for r in _uv(doc):
         for e in r["expectations"]:
             assert (e["status"], e["severity"]) == ("ok", "ok"), (r["name"], r["blade"], e)
@@ -121,11 +150,13 @@ def _expected_fault_problems():
     out += [("MMR_HI", 5, mm, "direct", "missing", mseg) for mm in ("init_mm", "efi_mm")]
     out += [("MMR_HI", 2, mm, "direct", "partial", 2 << 20) for mm in ("init_mm", "efi_mm")]
     out += [("GRU_HI", 6, mm, "direct", "wrong-cache", 0) for mm in ("init_mm", "efi_mm")]
+    out.append(("UV_BIOS_ENTRY", -1, "efi_mm", "efi_va", "wrong-perm", 0))   # NX entry page
     return sorted(out)
 
 
-def _check_faults(doc, rc):
+def _check_faults(doc, rc, pages):
     assert isinstance(doc, dict), doc
+    assert _entry(doc) == (pages["NX"] + 0x10, [("efi_mm", "efi_va", "wrong-perm")])
     assert doc["uv"] == {"state": "hubbed", "hub": "UV3", "revision": 5, "blades": 8,
                          "min_pnode": 0, "max_pnode": 7}
     assert _layout(doc) == _expected_layout("UV3", 8)
@@ -138,12 +169,12 @@ def _check_faults(doc, rc):
 
 
 def test_faults_on_a_dump_of_the_running_kernel(numa):
-    _check_faults(*numa["dump"])
+    _check_faults(*numa["dump"], numa["efi_pages"])
 
 
 def test_faults_live_inside_the_guest(numa):
     doc, rc = numa["live"]
-    _check_faults(doc, rc)
+    _check_faults(doc, rc, numa["efi_pages"])
     assert doc["target"]["live"] is True
 
 
@@ -157,5 +188,5 @@ def test_faults_in_a_real_kdump(numa):
                    "--format", "json")
     doc = json.loads(res.stdout)
     assert doc["target"]["format"] == "kdump"
-    _check_faults(doc, res.returncode)
+    _check_faults(doc, res.returncode, numa["efi_pages"])
     assert doc["crash"]["crashed"] and doc["crash"]["panic_message"] == "sysrq triggered crash"

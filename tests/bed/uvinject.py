@@ -148,6 +148,16 @@ class GuestMemory:
                 "flags": int(mm.flags)}
         self.write(self.pa_of("efi") + off, drgn.Object(self.prog, t, value=vals).to_bytes_())
 
+    def set_bios_entry(self, function: int) -> None:
+        """A UVsystab whose BIOS entry is ``function``, as uv_bios_init() finds it (the
+        kernel keeps an ioremapped ``uv_systab`` pointer; here it points into the pool)."""
+        t = self.prog.type("struct uv_systab")
+        pa = self.alloc()
+        vals = {"signature": list(b"UVST"), "revision": 0x400, "function": function,
+                "size": t.size}
+        self.write(pa, drgn.Object(self.prog, t, value=vals).to_bytes_())
+        self.set_var("uv_systab", self.facts.page_offset_base + pa)
+
 
 @dataclass(frozen=True)
 class Personality:

@@ -123,3 +123,75 @@ def test_2016_regression_runtime_mmio_only_in_efi_identity():
     assert f[("efi_mm", "identity")].severity == OK
     assert f[("init_mm", "direct")].status == "missing"
     assert f[("init_mm", "direct")].severity == CRITICAL
+
+
+# -- the UV BIOS entry (uv_systab->function) --------------------------------------------------
+CODE_PA, CODE_VA = 0x3E000000, 0xFFFFFFFEFF000000      # a RuntimeServicesCode region
+DATA_PA, DATA_VA = 0x3E100000, 0xFFFFFFFEFF100000      # a RuntimeServicesData region
+RT = 1 << 63
+
+
+def _with_entry(entry, code_flags=KERNEL & ~x86.NX, efi_table=True, **kw):
+    k = _uv("UV4", 1, **kw)
+    k.uv_state["bios_entry"] = entry
+    k.add_efi_desc(5, CODE_PA, CODE_VA, 16, RT | 8)
+    k.add_efi_desc(6, DATA_PA, DATA_VA, 16, RT | 8)
+    if efi_table:
+        for pa, va, fl in ((CODE_PA, CODE_VA, code_flags), (DATA_PA, DATA_VA, KERNEL)):
+            k.map(k.efi_root, va, pa, 16 << 12, 4096, fl)
+            k.map(k.efi_root, pa, pa, 16 << 12, 4096, fl)
+    return k
+
+
+def _entry(res):
+    return [f for f in res.findings if f.range.name == "UV_BIOS_ENTRY"]
+
+
+def test_bios_entry_in_runtime_code_is_checked_executable_in_efi_mm():
+    res = _check(_with_entry(CODE_VA + 0x2345))
+    (f,) = _entry(res)
+    assert (f.mm, f.exp.rule, f.exp.va, f.range.phys) == ("efi_mm", "efi_va", CODE_VA + 0x2000,
+                                                          CODE_PA + 0x2000)
+    assert (f.status, f.severity) == ("ok", OK)
+    assert dict(f.range.attrs)["function"] == hex(CODE_VA + 0x2345)
+
+
+def test_bios_entry_on_a_non_executable_page_is_flagged():
+    res = _check(_with_entry(CODE_VA + 0x2345, code_flags=KERNEL))      # NX code
+    (f,) = _entry(res)
+    assert (f.status, f.severity) == ("wrong-perm", WARNING)
+
+
+def test_bios_entry_through_the_identity_map():
+    res = _check(_with_entry(DATA_PA + 0x10))       # 1:1 address, but runtime *data*: NX
+    (f,) = _entry(res)
+    assert (f.exp.rule, f.range.phys, f.status) == ("identity", DATA_PA, "wrong-perm")
+
+
+def test_bios_entry_outside_every_runtime_region_is_a_note():
+    res = _check(_with_entry(0xFFFFFFFEF0000000))
+    assert not _entry(res)
+    assert any("lies in no EFI runtime region" in n for n in res.notes)
+
+
+def test_no_uvsystab_is_a_note():
+    res = _check(_with_entry(None))
+    assert not _entry(res)
+    assert any("uv_systab is NULL" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_old_memmap_checks_the_entry_in_init_mm(mapped):
+    """UV1-era efi=old_map: no EFI table; BIOS calls run on the kernel table, so
+    __va(function) must be mapped (executable) in init_mm."""
+    k = _with_entry(CODE_PA + 0x2345, efi_table=False)
+    k.efi_root = None
+    k.efi_flags |= 1 << 7               # EFI_ARCH_1: old memory map on such kernels
+    k.old_memmap = True
+    if mapped:
+        k.map(k.init_root, k.pob + CODE_PA, CODE_PA, 16 << 12, 4096, KERNEL & ~x86.NX)
+    res = _check(k)
+    assert res.spaces["efi_mm"].reason.startswith("EFI old memory map")
+    (f,) = _entry(res)
+    assert (f.mm, f.exp.rule, f.exp.va) == ("init_mm", "direct", k.pob + CODE_PA + 0x2000)
+    assert (f.status, f.severity) == (("ok", OK) if mapped else ("missing", CRITICAL))
