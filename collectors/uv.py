@@ -9,7 +9,10 @@ checked against v6.1 ``arch/x86/kernel/apic/x2apic_uv_x.c``):
   from v5.10 (decided by the hub info having ``hub_type``, which v5.10 added);
 * MMR_HI  ``global_mmr_base`` (masked), ``1 << shift`` per pnode up to max_pnode, UC;
 * GRU_HI  ``[gru_start_paddr, gru_end_paddr)``, WB;
-* MMIOH   not recorded in kernel memory (only logged): reported as a note, not checked;
+* MMIOH   recorded only in the kernel's boot message (UV2; v5.10+ ``UV: Map MMIOH_HI``):
+  checked when that line is still in the printk ring, else reported as a note;
+* the boot messages also say which MMR_HI/GRU_HI span the kernel really mapped (from the
+  overlay registers); when it differs from the hub info, the logged span is checked;
 * the UV BIOS entry ``uv_systab->function``: ``uv_bios_call()`` jumps there with efi_mm
   loaded, so its page must be mapped executable in efi_mm (at the firmware's EFI VA, or 1:1);
   on the EFI old memory map (UV1-era kernels, no EFI table) BIOS calls run on the kernel
@@ -24,6 +27,7 @@ from typing import Optional
 
 import drgn
 
+from . import uvlog
 from .efi import Descriptor
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
@@ -64,6 +68,7 @@ class UVSystem:
     gru: Optional[tuple[int, int]] = None
     has_hub_type: bool = False          # v5.10+ layout
     bios_entry: Optional[int] = None    # uv_systab->function
+    logged: dict[str, uvlog.LoggedMap] = field(default_factory=dict)   # boot "UV: Map" lines
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -154,8 +159,12 @@ def discover(prog: drgn.Program) -> UVSystem:
     gs, ge = lookup(prog, "gru_start_paddr"), lookup(prog, "gru_end_paddr")
     if gs is not None and ge is not None and ge.value_() > gs.value_():
         sysm.gru = (gs.value_(), ge.value_())
-    sysm.notes.append("MMIOH ranges are not recorded in kernel memory (only logged at boot): "
-                      "not checked; on UV3+ the kernel does not map them by design")
+    sysm.logged = uvlog.boot_maps(prog)
+    if not any(k.startswith("MMIOH") for k in sysm.logged):
+        sysm.notes.append("MMIOH ranges are recorded only in the kernel's boot messages, which "
+                          "are not in the log (any more): not checked; on UV3+ the kernel does "
+                          "not map them by design")
+    sysm.notes.extend(_log_disagreements(sysm))
     sysm.bios_entry, why = bios_entry(prog)
     if why:
         sysm.notes.append(why)
@@ -187,6 +196,47 @@ def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
     return fn, None
 
 
+def _hub_spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
+    """(start, bytes per pnode, pnodes) of MMR_HI and GRU_HI from hub info and GRU bounds."""
+    out: dict[str, tuple[int, int, int]] = {}
+    if not sysm.hubs:
+        return out
+    n = max(sysm.pnodes) + 1
+    mask, shift = MMR_BASE.get(sysm.hub or "UV2", MMR_BASE["UV2"])
+    h0 = sysm.hubs[0]
+    if h0.global_mmr_base & mask:
+        out["MMR"] = (h0.global_mmr_base & mask, 1 << (h0.global_mmr_shift or shift), n)
+    if sysm.gru:
+        out["GRU"] = (sysm.gru[0], (sysm.gru[1] - sysm.gru[0]) // n, n)
+    return out
+
+
+def _spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
+    """The spans to check: what the kernel logged it mapped wins over hub info."""
+    out = _hub_spans(sysm)
+    for key in ("MMR", "GRU"):
+        m = sysm.logged.get(key)
+        if m is not None:
+            n = m.segments or (out[key][2] if key in out else 1)
+            out[key] = (m.start, m.size // n, n)
+    return out
+
+
+def _log_disagreements(sysm: UVSystem) -> list[str]:
+    notes = []
+    hub = _hub_spans(sysm)
+    for key, what in (("MMR", "hub info's global_mmr_base/shift"), ("GRU", "gru_start/end_paddr")):
+        m = sysm.logged.get(key)
+        if m is None or key not in hub:
+            continue
+        start, seg, n = hub[key]
+        if (start, start + seg * n) != (m.start, m.end):
+            notes.append(f"{what} give {key}_HI 0x{start:x}-0x{start + seg * n:x}, but the "
+                         f"kernel logged mapping 0x{m.start:x}-0x{m.end:x} at boot: checking "
+                         "what the kernel mapped")
+    return notes
+
+
 def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
     if sysm.hub == "UV1":
         return [("LOCAL_MMR", 0xF4000000, 64 << 20, UC_ONLY),
@@ -203,19 +253,14 @@ def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozens
     """(name, phys, size, blade, cache) for every range the kernel maps."""
     out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
         (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
-    if not sysm.hubs:
-        return out
-    max_pnode = max(sysm.pnodes)
-    mask, shift = MMR_BASE.get(sysm.hub or "UV2", MMR_BASE["UV2"])
-    h0 = sysm.hubs[0]
-    base = h0.global_mmr_base & mask
-    seg = 1 << (h0.global_mmr_shift or shift)
-    if base:
-        out += [("MMR_HI", base + p * seg, seg, p, UC_ONLY) for p in range(max_pnode + 1)]
-    if sysm.gru:
-        gseg = (sysm.gru[1] - sysm.gru[0]) // (max_pnode + 1)
-        out += [("GRU_HI", sysm.gru[0] + p * gseg, gseg, p, WB_ONLY)
-                for p in range(max_pnode + 1)]
+    spans = _spans(sysm)
+    for key, cache in (("MMR", UC_ONLY), ("GRU", WB_ONLY)):
+        if key in spans:
+            start, seg, n = spans[key]
+            out += [(f"{key}_HI", start + p * seg, seg, p, cache) for p in range(n)]
+    for key, m in sorted(sysm.logged.items()):
+        if key.startswith("MMIOH"):
+            out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
     return out
 
 

@@ -17,6 +17,7 @@ from tests.conftest import mmrwatch
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 LOCAL = (0xFA000000, 32 << 20)
+REAL_MMR, MMIOH = 0x1FFF0000000, 0x6000000000     # overlay-register MMR_HI base; UV2 MMIOH
 
 
 def _report(guest, b, tag, also=None, paused=False):
@@ -140,6 +141,26 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
         step("hole", hole)
         step("hubless", lambda gm: gm.set_var("uv_hubless_system", 1))
 
+        def boot_log(gm):
+            """A UV2 whose hub info (BIOS GAM table) disagrees with the MMR overlay register
+            the kernel mapped MMR_HI from, and which maps MMIOH: known only from the
+            kernel's boot messages, written into its printk ring as map_high() logs them."""
+            gm.set_var("uv_hubless_system", 0)
+            U.make_uv(gm, U.Personality("UV2"))
+            pob, init = gm.facts.page_offset_base, gm.root("init_mm")
+            gm.unmap_2m(init, pob + 0x3FFF0000000, 64 << 20)
+            for pa, size in ((REAL_MMR, 64 << 20), (MMIOH, 256 << 20)):
+                gm.map_2m(init, pob + pa, pa, size, U.LEAF_UC)
+            gm.sync_kernel_half()
+            gm.printk(f"UV: Map MMR_HI 0x{REAL_MMR:x} - 0x{REAL_MMR + (64 << 20):x} UC (1 segments)")
+            gm.printk("UV: Map GRU_HI 0x7ff00000000 - 0x7ff10000000 WB (1 segments)")
+            gm.printk(f"UV: Map MMIOH_HI 0x{MMIOH:x} - 0x{MMIOH + (256 << 20):x} UC (4 segments)")
+        step("bootlog", boot_log)
+        # the guest keeps logging after the injected records (its ring stayed consistent)
+        guest.run("echo mmrwatch-after-injection > /dev/kmsg")
+        _, so, _ = guest.run("dmesg | grep -e 'UV: Map' -e mmrwatch-after-injection")
+        seen["dmesg"] = so
+
     b = bed.boot("uv-inject", keep=scenarios)
     doc, rc = seen["uv5"]
     # UV5: revision base 9, MMR_HI segment 32 MiB (shift 25), GRU 32 MiB, no GLOBAL_MMR32
@@ -166,3 +187,18 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
     doc, rc = seen["hubless"]
     assert doc["uv"] == {"state": "hubless"}
     assert not [r for r in doc["ranges"] if r["source"] == "uv"]
+
+    doc, rc = seen["bootlog"]
+    spans = sorted((r["name"], int(r["phys_start"], 16), r["size"]) for r in doc["ranges"]
+                   if r["source"] == "uv")
+    assert spans == [("GLOBAL_MMR32", 0xFC000000, 32 << 20), ("GRU_HI", 0x7FF00000000, 256 << 20),
+                     ("LOCAL_MMR", 0xFA000000, 32 << 20), ("MMIOH_HI", MMIOH, 256 << 20),
+                     ("MMR_HI", REAL_MMR, 64 << 20)]
+    for r in doc["ranges"]:
+        if r["source"] == "uv":
+            for e in r["expectations"]:
+                assert (e["status"], e["severity"]) == ("ok", "ok"), (r["name"], e)
+    assert rc == 0, doc["verdict_text"]
+    assert any("kernel logged mapping 0x1fff0000000-0x1fff4000000" in n for n in doc["notes"])
+    assert not any(n.startswith("MMIOH ranges are recorded only") for n in doc["notes"])
+    assert "UV: Map MMIOH_HI" in seen["dmesg"] and "mmrwatch-after-injection" in seen["dmesg"]

@@ -159,6 +159,56 @@ class GuestMemory:
         self.set_var("uv_systab", self.facts.page_offset_base + pa)
 
 
+    def printk(self, text: str, level: int = 6) -> None:
+        """Append a kernel (facility 0) record to the printk ring, as prb_reserve() +
+        prb_final_commit() would (v5.10+ lockless ring), so the guest's own later messages
+        follow it.  Boot messages of the personality (``UV: Map MMR_HI ...``) are written
+        this way.  Only the simple case: no descriptor reuse, no data wrap (a fresh boot).
+        """
+        prog = self.prog
+        prb = prog["prb"]
+        dr, tr = prb.desc_ring, prb.text_data_ring
+        count, size = 1 << int(dr.count_bits), 1 << int(tr.size_bits)
+        bits = 64
+        flags_shift = bits - 2
+        id_mask = (1 << flags_shift) - 1
+        head = int(dr.head_id.counter)
+        rid = (head + 1) & id_mask
+        idx = rid & (count - 1)
+        desc, info = dr.descs[idx], dr.infos[idx]
+        if int(desc.state_var.counter):
+            raise RuntimeError("printk ring descriptor in use (ring wrapped): not supported")
+        data = text.encode()
+        blk = (8 + len(data) + 7) & ~7
+        begin = int(tr.head_lpos.counter)
+        nxt = begin + blk
+        if begin >> int(tr.size_bits) != nxt >> int(tr.size_bits) or \
+                nxt - int(tr.tail_lpos.counter) > size:
+            raise RuntimeError("printk data ring would wrap: not supported")
+        data_pa = self.facts.kernel_pa(tr.data.value_())
+        self.write(data_pa + (begin & (size - 1)), struct.pack("<Q", rid) + data)
+        seq = int(info.seq)
+        seq = idx if seq == 0 and idx != 0 else seq + count
+        prev = dr.infos[head & (count - 1)]
+        vals = {"seq": seq, "ts_nsec": int(prev.ts_nsec) + 1, "text_len": len(data),
+                "facility": 0, "flags": 0, "level": level, "caller_id": 0}
+        it = prog.type("struct printk_info")
+        self.write(self.facts.kernel_pa(info.address_),
+                   drgn.Object(prog, it, value=vals).to_bytes_())
+        # the previous record is final once a new one exists (desc_make_final)
+        prev_desc = dr.descs[head & (count - 1)]
+        sv = int(prev_desc.state_var.counter)
+        if sv >> flags_shift == 1 and sv & id_mask == head:
+            struct.pack_into("<Q", self.ram, self.facts.kernel_pa(prev_desc.address_),
+                             (2 << flags_shift) | head)
+        lpos = self.facts.kernel_pa(desc.text_blk_lpos.address_)
+        struct.pack_into("<QQ", self.ram, lpos, begin, nxt)
+        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(desc.address_),
+                         (2 << flags_shift) | rid)                 # desc_finalized
+        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(tr.head_lpos.address_), nxt)
+        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(dr.head_id.address_), rid)
+        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(dr.last_finalized_id.address_), rid)
+
 @dataclass(frozen=True)
 class Personality:
     hub: str
