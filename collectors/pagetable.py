@@ -39,6 +39,41 @@ _LARGE_ALIGN = {PUD: (1 << 30) - 1, PMD: (1 << 21) - 1}
 _RAMP = {lvl: int.from_bytes(t, "little") for lvl, t in _TEMPL.items()}
 _ONES = int.from_bytes(array("Q", [1] * ENTRIES), "little")     # digit 1 in every slot
 _U64 = 1 << 64
+_LEAFY = (PUD, PMD, PTE)
+
+
+class _Shape:
+    """The bytes of a whole linear table as ``template.translate(table(v0))``.
+
+    When v0's 9 index bits ``[shift, shift + 9)`` are clear, entry k is ``v0 | k << shift``:
+    every byte of it is a constant of v0 except the two holding the index bits.  So a code
+    template (per entry: codes 0-7 for v0's bytes, then one code per value of each of the
+    two index-carrying bytes) translated through a 256-byte table built from v0 gives the
+    exact expected 4 KiB, and one ``==`` (memcmp) decides linearity: C speed, no per-entry
+    Python work.  Unaligned tables take the big-int test instead.
+    """
+
+    def __init__(self, shift: int) -> None:
+        self.byte, bit = divmod(shift, 8)
+        nlo, nhi = 1 << (8 - bit), 1 << (bit + 1)
+        codes = bytearray()
+        for k in range(ENTRIES):
+            for j in range(8):
+                codes.append(8 + (k & (nlo - 1)) if j == self.byte else
+                             8 + nlo + (k >> (8 - bit)) if j == self.byte + 1 else j)
+        self.template = bytes(codes)
+        self.lo = [bytes((b | x << bit) & 0xFF for x in range(nlo)) for b in range(256)]
+        self.hi = [bytes((b | y) & 0xFF for y in range(nhi)).ljust(248 - nlo, b"\0")
+                   for b in range(256)]
+        self.index_mask = (ENTRIES - 1) << shift
+
+    def linear(self, raw: bytes, v0: int) -> bool:
+        """Whether ``raw`` is exactly ``v0 + k * stride`` for k = 0..511 (v0 aligned)."""
+        b, a = raw[self.byte], raw[self.byte + 1]
+        return raw == self.template.translate(raw[:8] + self.lo[b] + self.hi[a])
+
+
+_SHAPES = {lvl: _Shape(x86.level_shift(lvl)) for lvl in _LEAFY}
 
 
 class TableFault(Exception):
@@ -76,14 +111,16 @@ class TableReader:
         self.deadline = deadline      # time.monotonic() value; checked once per page read
         # OrderedDict: evicting the oldest page is O(1); next(iter(dict)) is not once many
         # slots have been deleted (CPython scans past them).
-        self._cache: OrderedDict[int, Optional[array]] = OrderedDict()
+        self._cache: OrderedDict[int, Optional[memoryview]] = OrderedDict()
         self._limit = limit
         self.reads = 0
-        # pa -> "the whole table is one linear run": efi_mm revisits init_mm's tables
-        self.linear: dict[int, bool] = {}
+        # pa * 8 + level -> v0 when the whole table is one linear run of leaves, else 0:
+        # efi_mm revisits init_mm's tables
+        self.linear: dict[int, int] = {}
 
-    def table(self, pa: int) -> Optional[array]:
-        """The 512 entries of the table at ``pa``; None for an all-zero page."""
+    def table(self, pa: int) -> Optional[memoryview]:
+        """The 512 entries of the table at ``pa`` (a uint64 view of the bytes read, whose
+        ``.obj`` is those bytes); None for an all-zero page."""
         try:
             return self._cache[pa]
         except KeyError:
@@ -95,12 +132,38 @@ class TableReader:
         except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...
             raise TableFault(str(e).split("\n")[0]) from None
         self.reads += 1
-        arr = None if raw == _ZERO else array("Q", raw)
+        arr = None if raw == _ZERO else memoryview(bytes(raw)).cast("Q")
         if len(self._cache) >= self._limit:
             old, _ = self._cache.popitem(last=False)
-            self.linear.pop(old, None)
+            for lvl in _LEAFY:
+                self.linear.pop(old * 8 + lvl, None)
         self._cache[pa] = arr
         return arr
+
+    def linear_v0(self, pa: int, arr: memoryview, level: int) -> int:
+        """v0 when the whole table at ``pa`` is one linear run of ``level`` leaves, else 0."""
+        key = pa * 8 + level
+        v0 = self.linear.get(key)
+        if v0 is None:
+            v0 = self.linear[key] = _whole_linear(arr, level)
+        return v0
+
+
+def _whole_linear(arr: memoryview, level: int) -> int:
+    v0 = arr[0]
+    if not v0 & P or (level != PTE and not v0 & PSE):
+        return 0
+    if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
+        return 0              # misaligned huge page: the slow path reports it
+    shape = _SHAPES[level]
+    if not v0 & shape.index_mask:
+        return v0 if shape.linear(arr.obj, v0) else 0
+    last = v0 + _TEMPL[level][ENTRIES - 1]
+    if last >= _U64 or arr[ENTRIES - 1] != last:
+        return 0
+    # no digit overflows (last < 2**64), so the table is linear exactly when its
+    # little-endian integer is v0 in every digit plus the ramp k * stride
+    return v0 if int.from_bytes(arr.obj, "little") == v0 * _ONES + _RAMP[level] else 0
 
 
 def _eff(prev: int, val: int, first: bool) -> int:
@@ -185,13 +248,33 @@ class Walker:
                 on_hole(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift)
             return
         first = level == x86.top_level(self.levels)
-        leafy = level == PTE or level in _LARGE_ALIGN
-        if leafy and self._linear(arr, pa, level, i0, i1, first, eff, base, on_leaf):
+        if level in _LEAFY and self._linear(arr, pa, level, i0, i1, first, eff, base, on_leaf):
             return
+        # Children that are whole linear leaf tables (the bulk of any big mapping) are
+        # decided here without a call per table, and consecutive ones reported as one run.
+        fast = level + 1 in _LEAFY
+        pend = False
+        pva = pv0 = pn = peff = 0
         i = i0
         while i <= i1:
             val = arr[i]
             va = base + (i << shift)
+            if fast and val & P and not val & PSE and lo <= va and va + size <= hi:
+                child = x86.entry_pa(val, level, self.phys_mask)
+                v0 = 0 if child in path else self._linear_child(child, level + 1)
+                if v0:
+                    ceff = _eff(eff, val, first)
+                    if pend and pva + pn == va and pv0 + pn == v0 and peff == ceff:
+                        pn += size
+                    else:
+                        if pend:
+                            on_leaf(level + 1, canon(pva), pn, pv0, peff)
+                        pend, pva, pv0, pn, peff = True, va, v0, size, ceff
+                    i += 1
+                    continue
+            if pend:
+                on_leaf(level + 1, canon(pva), pn, pv0, peff)
+                pend = False
             if not val:
                 j = i + 1
                 while j <= i1 and not arr[j]:
@@ -236,33 +319,45 @@ class Walker:
             clo, chi = max(lo, va), min(hi, va + size)
             self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
                         on_leaf, on_hole)
+        if pend:
+            on_leaf(level + 1, canon(pva), pn, pv0, peff)
 
-    def _linear(self, arr: array, pa: int, level: int, i0: int, i1: int, first: bool, eff: int,
-                base: int, on_leaf: LeafFn) -> bool:
+    def _linear_child(self, pa: int, level: int) -> int:
+        """v0 of a child table that is one whole linear run of leaves, else 0 (then the
+        caller walks it the ordinary way, which also records any fault or budget error)."""
+        if self._budget <= 0:
+            return 0
+        try:
+            arr = self.reader.table(pa)
+        except TableFault:
+            return 0
+        if arr is None:
+            return 0
+        v0 = self.reader.linear_v0(pa, arr, level)
+        if v0:
+            self._budget -= 1
+        return v0
+
+    def _linear(self, arr: memoryview, pa: int, level: int, i0: int, i1: int, first: bool,
+                eff: int, base: int, on_leaf: LeafFn) -> bool:
         """Report a slice of linear leaves in one call when the whole slice is linear."""
-        v0 = arr[i0]
-        if not v0 & P or (level != PTE and not v0 & PSE) or i1 == i0:
-            return False
         n = i1 - i0 + 1
-        last = v0 + _TEMPL[level][n - 1]
-        if arr[i1] != last or last >= _U64:
-            return False
-        whole = n == ENTRIES
-        known = self.reader.linear.get(pa) if whole else None
-        if known is None:
-            # no digit overflows (last < 2**64), so the table is linear exactly when its
-            # little-endian integer is v0 in every digit plus the ramp k * stride
-            big = int.from_bytes(arr if whole else memoryview(arr)[i0:i1 + 1], "little")
-            if whole:
-                known = big == v0 * _ONES + _RAMP[level]
-                self.reader.linear[pa] = known
-            else:
-                mask = (1 << (64 * n)) - 1
-                known = big == v0 * (_ONES & mask) + (_RAMP[level] & mask)
-        if not known:
-            return False
-        if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
-            return False  # let the slow path report the misalignment
+        if n == ENTRIES:
+            v0 = self.reader.linear_v0(pa, arr, level)
+            if not v0:
+                return False
+        else:
+            v0 = arr[i0]
+            if not v0 & P or (level != PTE and not v0 & PSE) or n == 1:
+                return False
+            last = v0 + _TEMPL[level][n - 1]
+            if arr[i1] != last or last >= _U64:
+                return False
+            mask = (1 << (64 * n)) - 1
+            if int.from_bytes(arr[i0:i1 + 1], "little") != v0 * (_ONES & mask) + (_RAMP[level] & mask):
+                return False
+            if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
+                return False  # let the slow path report the misalignment
         shift = x86.level_shift(level)
         on_leaf(level, self._canon(base + (i0 << shift)), n << shift, v0, _eff(eff, v0, first))
         return True
