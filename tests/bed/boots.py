@@ -60,9 +60,10 @@ PLANS: dict[str, BootPlan] = {
                                            append="crashkernel=192M oops=panic"),
                             real_kdump=True),
     # 8 NUMA nodes (nr_node_ids 8) for multi-blade personalities; UV state injected into
-    # the big printk buffer's tail survives into the real kdump
-    "uv-numa": BootPlan("uv", BootSpec(la57=True, mem_mib=768,
-                                       append="numa=fake=8 crashkernel=192M log_buf_len=16M"),
+    # the big printk buffer's tail survives into the real kdump.  crashkernel= must fit in
+    # one node (memblock splits free ranges at node boundaries): 8 x 192 MiB nodes.
+    "uv-numa": BootPlan("uv", BootSpec(la57=True, mem_mib=1536,
+                                       append="numa=fake=8 crashkernel=160M log_buf_len=16M"),
                         real_kdump=True),
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),

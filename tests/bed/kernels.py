@@ -134,7 +134,7 @@ def _build_uv(out: Path) -> None:
 
 
 def _verify_config(cfg: Path) -> None:
-    """Refuse a config where Kconfig silently dropped one of our `=y` requests."""
+    """Refuse a config where Kconfig silently dropped or changed one of our requests."""
     have = {}
     for line in cfg.read_text().splitlines():
         if line.startswith("CONFIG_") and "=" in line:
@@ -143,10 +143,10 @@ def _verify_config(cfg: Path) -> None:
     missing = []
     for line in FRAGMENT.read_text().splitlines():
         line = line.strip()
-        if line.startswith("CONFIG_") and line.endswith("=y"):
-            key = line.split("=", 1)[0]
-            if have.get(key) != "y":
-                missing.append(key)
+        if line.startswith("CONFIG_") and "=" in line and not line.endswith("=n"):
+            key, want = line.split("=", 1)
+            if have.get(key) != want:
+                missing.append(f"{key}={want}")
     if missing:
         raise RuntimeError(f"Kconfig dropped requested options: {' '.join(missing)}")
 
