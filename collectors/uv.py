@@ -69,6 +69,7 @@ class UVSystem:
     has_hub_type: bool = False          # v5.10+ layout
     bios_entry: Optional[int] = None    # uv_systab->function
     logged: dict[str, uvlog.LoggedMap] = field(default_factory=dict)   # boot "UV: Map" lines
+    vmalloc_base: Optional[int] = None  # where the direct-map window ends (KASLR layout)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -159,6 +160,8 @@ def discover(prog: drgn.Program) -> UVSystem:
     gs, ge = lookup(prog, "gru_start_paddr"), lookup(prog, "gru_end_paddr")
     if gs is not None and ge is not None and ge.value_() > gs.value_():
         sysm.gru = (gs.value_(), ge.value_())
+    vb = lookup(prog, "vmalloc_base")
+    sysm.vmalloc_base = vb.value_() if vb is not None else None
     sysm.logged = uvlog.boot_maps(prog)
     if not any(k.startswith("MMIOH") for k in sysm.logged):
         sysm.notes.append("MMIOH ranges are recorded only in the kernel's boot messages, which "
@@ -298,12 +301,31 @@ def entry_range(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     return None
 
 
+def _window_notes(sysm: UVSystem, facts: KernelFacts) -> None:
+    """A UV range whose direct-map address runs past ``vmalloc_base`` was mapped by
+    ``init_extra_mapping_*()`` into vmalloc space: KASLR sized the direct-map window from
+    RAM + ``CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING``, too small for this machine's MMRs."""
+    vb = sysm.vmalloc_base
+    if not vb or vb <= facts.page_offset_base:
+        return
+    for name, pa, size, blade, _ in segments(sysm):
+        if facts.page_offset_base + pa + size > vb:
+            label = name if blade is None else f"{name}[blade {blade}]"
+            sysm.notes.append(
+                f"{label} (PA 0x{pa:x}) has its direct-map address beyond the direct-map "
+                f"window (it ends {(pa + size - (vb - facts.page_offset_base)) >> 20} MiB "
+                "into the vmalloc area): the kernel's MMR mapping overlaps vmalloc space; "
+                "CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING is too small for this machine")
+            return
+
+
 def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
            old_memmap: bool = False) -> list[Range]:
     """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only)."""
     if sysm.state != HUBBED:
         return []
     out = []
+    _window_notes(sysm, facts)
     entry = entry_range(sysm, facts, descs, old_memmap)
     if entry is not None:
         out.append(entry)

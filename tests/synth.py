@@ -44,6 +44,7 @@ class SynthKernel:
         self.descs: list[tuple[int, int, int, int, int]] = []
         self.memmap_pa: Optional[int] = None
         self.old_memmap = False      # an EFI old-map (UV1-era) kernel: has the prolog symbol
+        self.vmalloc_base: Optional[int] = None     # KASLR'd vmalloc_base, when set
         self.uv_state: Optional[dict] = None
 
     def set_uv(self, system_type: int = 2, hubless: int = 0, hub_type: int = 4,
@@ -182,6 +183,8 @@ class SynthKernel:
         }
         if self.uv_state is not None:
             objs.update(self._uv_objects(prog, t))
+        if self.vmalloc_base is not None:
+            objs["vmalloc_base"] = Object(prog, t.ulong, self.vmalloc_base)
         if self.cachemode_tbl is not None:
             objs["__pte2cachemode_tbl"] = Object(prog, prog.array_type(t.u8, 8),
                                                  value=self.cachemode_tbl)

@@ -195,3 +195,16 @@ def test_old_memmap_checks_the_entry_in_init_mm(mapped):
     (f,) = _entry(res)
     assert (f.mm, f.exp.rule, f.exp.va) == ("init_mm", "direct", k.pob + CODE_PA + 0x2000)
     assert (f.status, f.severity) == (("ok", OK) if mapped else ("missing", CRITICAL))
+
+
+@pytest.mark.parametrize("window_tib,warned", [(1, True), (11, False)])
+def test_mmr_direct_map_address_beyond_the_direct_map_window(window_tib, warned):
+    """KASLR sizes the direct-map window from RAM + padding; MMR_HI at ~4 TiB with a 1 TiB
+    window is mapped into vmalloc space (arch/x86/mm/kaslr.c, research notes §2.4)."""
+    k = _uv("UV4", 1)
+    k.vmalloc_base = k.pob + (window_tib << 40)
+    res = _check(k)
+    notes = [n for n in res.notes if "beyond the direct-map window" in n]
+    assert bool(notes) == warned
+    if warned:
+        assert notes[0].startswith("MMR_HI[blade 0] (PA 0x3fff0000000)")
