@@ -67,11 +67,6 @@ class _Shape:
                    for b in range(256)]
         self.index_mask = (ENTRIES - 1) << shift
 
-    def linear(self, raw: bytes, v0: int) -> bool:
-        """Whether ``raw`` is exactly ``v0 + k * stride`` for k = 0..511 (v0 aligned)."""
-        b, a = raw[self.byte], raw[self.byte + 1]
-        return raw == self.template.translate(raw[:8] + self.lo[b] + self.hi[a])
-
 
 _SHAPES = {lvl: _Shape(x86.level_shift(lvl)) for lvl in _LEAFY}
 
@@ -157,7 +152,10 @@ def _whole_linear(arr: memoryview, level: int) -> int:
         return 0              # misaligned huge page: the slow path reports it
     shape = _SHAPES[level]
     if not v0 & shape.index_mask:
-        return v0 if shape.linear(arr.obj, v0) else 0
+        raw = arr.obj
+        b = shape.byte
+        return v0 if raw == shape.template.translate(
+            raw[:8] + shape.lo[raw[b]] + shape.hi[raw[b + 1]]) else 0
     last = v0 + _TEMPL[level][ENTRIES - 1]
     if last >= _U64 or arr[ENTRIES - 1] != last:
         return 0
@@ -324,16 +322,21 @@ class Walker:
 
     def _linear_child(self, pa: int, level: int) -> int:
         """v0 of a child table that is one whole linear run of leaves, else 0 (then the
-        caller walks it the ordinary way, which also records any fault or budget error)."""
+        caller walks it the ordinary way, which also records any fault or budget error).
+        The hot path of every big mapping: memo first, so efi_mm's revisit is a lookup."""
         if self._budget <= 0:
             return 0
-        try:
-            arr = self.reader.table(pa)
-        except TableFault:
-            return 0
-        if arr is None:
-            return 0
-        v0 = self.reader.linear_v0(pa, arr, level)
+        reader = self.reader
+        key = pa * 8 + level
+        v0 = reader.linear.get(key)
+        if v0 is None:
+            try:
+                arr = reader.table(pa)
+            except TableFault:
+                return 0
+            if arr is None:
+                return 0
+            v0 = reader.linear[key] = _whole_linear(arr, level)
         if v0:
             self._budget -= 1
         return v0

@@ -1,7 +1,7 @@
 """Multi-blade UV personalities on a real UV-enabled kernel with 8 NUMA nodes (issue 4).
 
 One boot (``numa=fake=8``, 5-level paging) serves every test here: healthy personalities of
-each hub type with 2 and 8 blades, each dumped in the pause that wrote it; then one state
+each hub type with 1, 2 and 8 blades, each dumped in the pause that wrote it; then one state
 with a fault in every range (``uvinject.many_faults``, plus a UV BIOS entry on an NX page), checked on a dump of the running
 guest, live inside the guest on its /proc/kcore, and in a real kdump of the crashed guest.
 
@@ -25,7 +25,7 @@ MMR_HI, GRU = 0x3FFF0000000, 0x7FF00000000
 RULES = {"UV2": (3, 64 << 20, 256 << 20, True), "UV3": (5, 64 << 20, 256 << 20, True),
          "UV4": (7, 64 << 20, 64 << 20, False), "UV4A": (8, 64 << 20, 64 << 20, False),
          "UV5": (9, 32 << 20, 32 << 20, False)}
-HEALTHY = [("UV2", 8), ("UV3", 2), ("UV4", 2), ("UV4A", 8), ("UV5", 8)]
+HEALTHY = [(hub, blades) for hub in RULES for blades in (1, 2, 8)]
 EFI_WINDOW = (0xFFFFFFEF00000000, 0xFFFFFFFF00000000)     # [EFI_VA_END, EFI_VA_START)
 
 

@@ -62,6 +62,11 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         # dumped in the same pause: any EFI call would re-sync efi_mm and end the window
         U.inject(guest, stale, resume=False)
         seen["stale"] = _report(guest, b, "stale", paused=True)
+        # ... and live: nothing in this guest makes EFI runtime calls, so the window stays
+        # open; the live check confirms it with a second walk and still calls it a warning
+        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
+                                 f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
+        seen["stale-live"] = (json.loads(out) if out.strip() else err, rc)
         # 2. the next EFI call copies the kernel half: healthy
         U.inject(guest, lambda gm: gm.sync_kernel_half())
         def ptdump_uv(dump):
@@ -93,6 +98,11 @@ def test_uv_scenarios_on_a_running_kernel(bed):
     assert _st(doc, "MMR_HI", "efi_mm") == ("stale", "warning")
     assert _st(doc, "LOCAL_MMR", "efi_mm") == ("ok", "ok")    # low MMRs share an old slot
     assert rc == 1 and doc["verdict"] == "warning"
+    doc, rc = seen["stale-live"]
+    assert isinstance(doc, dict), doc
+    assert doc["target"]["live"] and rc == 1 and doc["verdict"] == "warning"
+    assert _st(doc, "MMR_HI", "efi_mm") == ("stale", "warning")
+    assert _st(doc, "MMR_HI", "init_mm") == ("ok", "ok")
 
     doc, rc = seen["healthy"]
     assert rc == 0 and doc["verdict"] in ("ok", "info")
