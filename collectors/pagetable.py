@@ -40,6 +40,7 @@ _RAMP = {lvl: int.from_bytes(t, "little") for lvl, t in _TEMPL.items()}
 _ONES = int.from_bytes(array("Q", [1] * ENTRIES), "little")     # digit 1 in every slot
 _U64 = 1 << 64
 _LEAFY = (PUD, PMD, PTE)
+_FLAGS = x86.PTE_FLAGS_MASK
 
 
 class _Shape:
@@ -250,28 +251,35 @@ class Walker:
             return
         # Children that are whole linear leaf tables (the bulk of any big mapping) are
         # decided here without a call per table, and consecutive ones reported as one run.
-        fast = level + 1 in _LEAFY
+        clevel = level + 1
+        fast = clevel in _LEAFY
+        lin = self.reader.linear
+        tmask = x86.PTE_PFN_MASK & self.phys_mask
         pend = False
-        pva = pv0 = pn = peff = 0
+        pva = pv0 = pn = peff = pflags = 0
         i = i0
         while i <= i1:
             val = arr[i]
             va = base + (i << shift)
             if fast and val & P and not val & PSE and lo <= va and va + size <= hi:
-                child = x86.entry_pa(val, level, self.phys_mask)
-                v0 = 0 if child in path else self._linear_child(child, level + 1)
-                if v0:
-                    ceff = _eff(eff, val, first)
-                    if pend and pva + pn == va and pv0 + pn == v0 and peff == ceff:
+                child = val & tmask
+                v0 = lin.get(child * 8 + clevel)
+                if v0 is None:
+                    v0 = self._linear_child(child, clevel)
+                if v0 and self._budget > 0 and child not in path:
+                    self._budget -= 1
+                    # same table-entry flags -> same effective protection for the child
+                    if pend and pva + pn == va and pv0 + pn == v0 and pflags == val & _FLAGS:
                         pn += size
                     else:
                         if pend:
-                            on_leaf(level + 1, canon(pva), pn, pv0, peff)
-                        pend, pva, pv0, pn, peff = True, va, v0, size, ceff
+                            on_leaf(clevel, canon(pva), pn, pv0, peff)
+                        pend, pva, pv0, pn = True, va, v0, size
+                        pflags, peff = val & _FLAGS, _eff(eff, val, first)
                     i += 1
                     continue
             if pend:
-                on_leaf(level + 1, canon(pva), pn, pv0, peff)
+                on_leaf(clevel, canon(pva), pn, pv0, peff)
                 pend = False
             if not val:
                 j = i + 1
@@ -318,27 +326,19 @@ class Walker:
             self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
                         on_leaf, on_hole)
         if pend:
-            on_leaf(level + 1, canon(pva), pn, pv0, peff)
+            on_leaf(clevel, canon(pva), pn, pv0, peff)
 
     def _linear_child(self, pa: int, level: int) -> int:
-        """v0 of a child table that is one whole linear run of leaves, else 0 (then the
-        caller walks it the ordinary way, which also records any fault or budget error).
-        The hot path of every big mapping: memo first, so efi_mm's revisit is a lookup."""
-        if self._budget <= 0:
+        """Read a child table and memoise whether it is one whole linear run of leaves
+        (its v0, else 0); 0 too when it cannot be read, so the caller walks it the
+        ordinary way, which records the fault."""
+        try:
+            arr = self.reader.table(pa)
+        except TableFault:
             return 0
-        reader = self.reader
-        key = pa * 8 + level
-        v0 = reader.linear.get(key)
-        if v0 is None:
-            try:
-                arr = reader.table(pa)
-            except TableFault:
-                return 0
-            if arr is None:
-                return 0
-            v0 = reader.linear[key] = _whole_linear(arr, level)
-        if v0:
-            self._budget -= 1
+        if arr is None:
+            return 0
+        v0 = self.reader.linear[pa * 8 + level] = _whole_linear(arr, level)
         return v0
 
     def _linear(self, arr: memoryview, pa: int, level: int, i0: int, i1: int, first: bool,
