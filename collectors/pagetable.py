@@ -275,7 +275,7 @@ class Walker:
                         if pend:
                             on_leaf(clevel, canon(pva), pn, pv0, peff)
                         pend, pva, pv0, pn = True, va, v0, size
-                        pflags, peff = val & _FLAGS, _eff(eff, val, first)
+                        pflags, peff = val & _FLAGS, _eff(_eff(eff, val, first), v0, False)
                     i += 1
                     continue
             if pend:

@@ -139,3 +139,20 @@ def test_walk_budget_bounds_a_pathological_tree():
                max_tables=10)
     list(extents(w, k.init_root, va, va + (1 << 30)))
     assert any("budget" in e.message for e in w.errors)
+
+
+@pytest.mark.parametrize("page", [4096, 1 << 21])
+def test_effective_protection_includes_the_leaf_of_whole_linear_tables(page):
+    """Whole linear leaf tables take a fast path: their effective protection must still
+    combine the leaf entries' bits with the upper levels' (dump_pagetables.c
+    effective_prot()), and a following partial table with the same protection continues
+    the same extent."""
+    k = SynthKernel()
+    va = k.pob + (4 << 30)
+    span = 512 * page                                    # one whole leaf table
+    ro = (KERNEL & ~x86.RW) & ~x86.NX                    # read-only, executable leaves
+    k.map(k.init_root, va, 0x4000_0000, span + 3 * page, page, flags=ro)
+    w = _walker(k)
+    ex = list(extents(w, k.init_root, va, va + span + 3 * page))
+    assert [(e.va, e.size) for e in ex] == [(va, span + 3 * page)]
+    assert not ex[0].eff & x86.RW and not ex[0].eff & x86.NX
