@@ -156,6 +156,7 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
             the kernel mapped MMR_HI from, and which maps MMIOH: known only from the
             kernel's boot messages, written into its printk ring as map_high() logs them."""
             gm.set_var("uv_hubless_system", 0)
+            gm.map_2m(gm.root("efi_mm"), LOCAL[0], *LOCAL, U.EFI_UCMINUS)   # repair "reverse"
             U.make_uv(gm, U.Personality("UV2"))
             pob, init = gm.facts.page_offset_base, gm.root("init_mm")
             gm.unmap_2m(init, pob + 0x3FFF0000000, 64 << 20)

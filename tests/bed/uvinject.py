@@ -172,18 +172,19 @@ class GuestMemory:
         bits = 64
         flags_shift = bits - 2
         id_mask = (1 << flags_shift) - 1
-        head = int(dr.head_id.counter)
+        u64 = (1 << 64) - 1               # atomic_long_t is signed; lpos/ids start negative
+        head = int(dr.head_id.counter) & u64
         rid = (head + 1) & id_mask
         idx = rid & (count - 1)
         desc, info = dr.descs[idx], dr.infos[idx]
-        if int(desc.state_var.counter):
+        if int(desc.state_var.counter) & u64:
             raise RuntimeError("printk ring descriptor in use (ring wrapped): not supported")
         data = text.encode()
         blk = (8 + len(data) + 7) & ~7
-        begin = int(tr.head_lpos.counter)
-        nxt = begin + blk
+        begin = int(tr.head_lpos.counter) & u64
+        nxt = (begin + blk) & u64
         if begin >> int(tr.size_bits) != nxt >> int(tr.size_bits) or \
-                nxt - int(tr.tail_lpos.counter) > size:
+                (nxt - int(tr.tail_lpos.counter)) & u64 > size:
             raise RuntimeError("printk data ring would wrap: not supported")
         data_pa = self.facts.kernel_pa(tr.data.value_())
         self.write(data_pa + (begin & (size - 1)), struct.pack("<Q", rid) + data)
@@ -197,7 +198,7 @@ class GuestMemory:
                    drgn.Object(prog, it, value=vals).to_bytes_())
         # the previous record is final once a new one exists (desc_make_final)
         prev_desc = dr.descs[head & (count - 1)]
-        sv = int(prev_desc.state_var.counter)
+        sv = int(prev_desc.state_var.counter) & u64
         if sv >> flags_shift == 1 and sv & id_mask == head:
             struct.pack_into("<Q", self.ram, self.facts.kernel_pa(prev_desc.address_),
                              (2 << flags_shift) | head)
