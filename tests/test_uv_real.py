@@ -88,8 +88,15 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
                                  f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
         seen["live"] = (json.loads(out) if out.strip() else err, rc)
+        # 5. the stale window again (init_mm's MMR_HI slot changed since the last EFI
+        #    call), left in place for the real kdump that ends this boot: the crash path
+        #    makes no EFI call
+        U.inject(guest, lambda gm: gm.reopen_stale_window(pob["v"] + 0x3FFF0000000))
 
-    b = bed.boot("uv-inject", keep=scenarios)
+    b = bed.boot("uv-inject-kdump", keep=scenarios)
+    res = mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux", str(b.kernel.vmlinux),
+                   "--format", "json")
+    seen["kdump"] = (json.loads(res.stdout), res.returncode)
 
     doc, rc = seen["stale"]
     assert doc["uv"] == {"state": "hubbed", "hub": "UV4", "revision": 7, "blades": 1,
@@ -130,6 +137,16 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         assert sorted(problems) == [("LOCAL_MMR", "efi_mm", "direct"), ("LOCAL_MMR", "init_mm", "direct")]
     assert seen["live"][0]["target"]["live"] is True
 
+    # the real kdump: the 2016 failure and, for MMR_HI, the stale window
+    doc, rc = seen["kdump"]
+    assert doc["target"]["format"] == "kdump" and doc["crash"]["crashed"]
+    assert _st(doc, "MMR_HI", "init_mm") == ("ok", "ok")
+    assert _st(doc, "MMR_HI", "efi_mm") == ("stale", "warning")
+    assert _st(doc, "LOCAL_MMR", "init_mm") == ("missing", "critical")
+    assert _st(doc, "LOCAL_MMR", "efi_mm", "identity") == ("ok", "ok")
+    assert _st(doc, "GRU_HI", "efi_mm") == ("ok", "ok")      # its own slot, still shared
+    assert rc == 2
+
 
 def test_more_personalities_and_failures_on_one_running_kernel(bed):
     """UV5 healthy, then on top of it: the reverse failure (runtime-listed MMR absent from
@@ -150,6 +167,9 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
                         2 << 20)
         step("hole", hole)
         step("hubless", lambda gm: gm.set_var("uv_hubless_system", 1))
+        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
+                                 f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
+        seen["hubless-live"] = (json.loads(out) if out.strip() else err, rc)
 
         def boot_log(gm):
             """A UV2 whose hub info (BIOS GAM table) disagrees with the MMR overlay register
@@ -195,9 +215,12 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
                                                                         2 << 20), e
             assert e["mapped_bytes"] == (30 << 20)
 
-    doc, rc = seen["hubless"]
-    assert doc["uv"] == {"state": "hubless"}
-    assert not [r for r in doc["ranges"] if r["source"] == "uv"]
+    for tag in ("hubless", "hubless-live"):
+        doc, rc = seen[tag]
+        assert isinstance(doc, dict), doc
+        assert doc["uv"] == {"state": "hubless"}
+        assert not [r for r in doc["ranges"] if r["source"] == "uv"]
+    assert seen["hubless-live"][0]["target"]["live"] is True
 
     doc, rc = seen["bootlog"]
     spans = sorted((r["name"], int(r["phys_start"], 16), r["size"]) for r in doc["ranges"]

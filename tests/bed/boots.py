@@ -53,6 +53,10 @@ PLANS: dict[str, BootPlan] = {
     "uv-seabios": BootPlan("uv", BootSpec(firmware="seabios", la57=True, mem_mib=512)),
     "uv-inject": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                          append="crashkernel=192M")),
+    # as uv-inject, ending in a real kdump (the pool in the printk buffer's tail survives)
+    "uv-inject-kdump": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
+                                               append="crashkernel=192M log_buf_len=16M"),
+                                real_kdump=True),
     "uv-agent": BootPlan("uv", BootSpec(la57=False, mem_mib=768, append="crashkernel=192M",
                                         hostfwd=(AGENT_PORT, 19864))),
     # oops=panic: a kernel-mode page fault in process context panics (and kdumps)

@@ -132,6 +132,23 @@ class GuestMemory:
         for idx in range(x86.top_index(self.facts.page_offset_base, self.facts.levels), 511):
             self.set_entry(efi, idx, self.entry(init, idx))
 
+    def reopen_stale_window(self, va: int) -> None:
+        """Give init_mm's top-level slot for ``va`` a fresh copy of its next-level table and
+        drop ``va``'s entry from the original, which efi_mm still holds: init_mm keeps the
+        mapping, efi_mm has not been re-synced since -- the stale window (4-level: the
+        direct map's slots are copied one by one at each EFI call)."""
+        init, efi = self.root("init_mm"), self.root("efi_mm")
+        top = x86.top_level(self.facts.levels)
+        idx = x86.top_index(va, self.facts.levels)
+        old = self.entry(init, idx)
+        if not old & x86.P or old != self.entry(efi, idx):
+            raise RuntimeError("the slot is not shared by init_mm and efi_mm")
+        table = old & x86.PTE_PFN_MASK
+        copy = self.alloc()
+        self.write(copy, bytes(self.ram[table:table + 4096]))
+        self.set_entry(init, idx, copy | (old & ~x86.PTE_PFN_MASK))
+        self.set_entry(table, (va >> x86.level_shift(top + 1)) & 511, 0)
+
     def add_runtime_mmio(self, phys: int, size: int) -> None:
         """Append an EFI_MEMORY_MAPPED_IO runtime descriptor to the kernel's efi.memmap."""
         mm = self.prog["efi"].memmap
