@@ -33,3 +33,30 @@ def mmrwatch(*args: str, check_rc: int | None = None) -> subprocess.CompletedPro
     if check_rc is not None:
         assert res.returncode == check_rc, (res.returncode, res.stdout[-3000:], res.stderr[-3000:])
     return res
+
+
+def report_on_dump(guest, boot, tag: str, also=None, paused: bool = False):
+    """Pause the guest (unless it already is), dump it, resume it, and run ``mmrwatch
+    report --format json`` on the dump; ``also(dump)`` runs before the dump is deleted.
+    Returns (parsed JSON, exit code)."""
+    import json
+    if not paused:
+        guest.pause()
+    try:
+        dump = guest.dump(boot.dir / f"{tag}.elf")
+    finally:
+        guest.resume()
+    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(boot.kernel.vmlinux),
+                   "--format", "json")
+    if also is not None:
+        also(dump)
+    dump.unlink()
+    return json.loads(res.stdout), res.returncode
+
+
+def report_live(guest, boot):
+    """``mmrwatch report --live`` inside the guest, on its /proc/kcore: (JSON or stderr, rc)."""
+    import json
+    rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
+                             f"{boot.kernel.vmlinux} --format json", timeout=900, check=False)
+    return (json.loads(out) if out.strip() else err), rc

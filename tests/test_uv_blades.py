@@ -12,12 +12,11 @@ per pnode (shift 25 on UV5, else 26), GRU_HI ``1 << gshift`` per pnode (25 UV5, 
 phys and seen by efi_mm through the kernel half it copies.
 """
 import json
-import sys
 
 import pytest
 
 from tests.bed import uvinject as U
-from tests.conftest import mmrwatch
+from tests.conftest import mmrwatch, report_live, report_on_dump
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 MMR_HI, GRU = 0x3FFF0000000, 0x7FF00000000
@@ -43,18 +42,6 @@ def _efi_pages(ptdump: str) -> dict[str, int]:
     return out
 
 
-def _dump_report(guest, b, tag):
-    """Dump the (already paused) guest, resume it, and report on the dump as JSON."""
-    try:
-        dump = guest.dump(b.dir / f"{tag}.elf")
-    finally:
-        guest.resume()
-    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(b.kernel.vmlinux),
-                   "--format", "json")
-    dump.unlink()
-    return json.loads(res.stdout), res.returncode
-
-
 @pytest.fixture(scope="module")
 def numa(bed):
     seen = {}
@@ -68,7 +55,7 @@ def numa(bed):
         U.inject(guest, lambda gm: gm.set_bios_entry(pages["x"] + 0x10))
         for hub, blades in HEALTHY:
             U.inject(guest, lambda gm: U.make_uv(gm, U.Personality(hub, blades)), resume=False)
-            seen[(hub, blades)] = _dump_report(guest, b, f"{hub}x{blades}")
+            seen[(hub, blades)] = report_on_dump(guest, b, f"{hub}x{blades}", paused=True)
 
         def faults(gm):
             seen["faults"] = U.many_faults(gm)
@@ -77,10 +64,8 @@ def numa(bed):
             seen["log_buf"] = (gm.facts.kernel_pa(gm.prog["log_buf"].value_()),
                                int(gm.prog["log_buf_len"]))
         U.inject(guest, faults, resume=False)
-        seen["dump"] = _dump_report(guest, b, "faults")
-        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                                 f"{b.kernel.vmlinux} --format json", timeout=900, check=False)
-        seen["live"] = (json.loads(out) if out.strip() else err, rc)
+        seen["dump"] = report_on_dump(guest, b, "faults", paused=True)
+        seen["live"] = report_live(guest, b)
 
     seen["boot"] = bed.boot("uv-numa", keep=scenarios)
     return seen

@@ -8,31 +8,15 @@ page_offset_base + phys, 2 MiB, UC; efi_mm sees them through the kernel half it 
 from init_mm at every EFI call; a runtime-MMIO MMR is also mapped 1:1 in efi_mm.
 """
 import json
-import sys
 
 import pytest
 
 from tests.bed import uvinject as U
-from tests.conftest import mmrwatch
+from tests.conftest import mmrwatch, report_live, report_on_dump as _report
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 LOCAL = (0xFA000000, 32 << 20)
 REAL_MMR, MMIOH = 0x1FFF0000000, 0x6000000000     # overlay-register MMR_HI base; UV2 MMIOH
-
-
-def _report(guest, b, tag, also=None, paused=False):
-    if not paused:
-        guest.pause()
-    try:
-        dump = guest.dump(b.dir / f"{tag}.elf")
-    finally:
-        guest.resume()
-    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(b.kernel.vmlinux),
-                   "--format", "json")
-    if also is not None:
-        also(dump)
-    dump.unlink()
-    return json.loads(res.stdout), res.returncode
 
 
 def _st(doc, name, mm, rule="direct"):
@@ -64,9 +48,7 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         seen["stale"] = _report(guest, b, "stale", paused=True)
         # ... and live: nothing in this guest makes EFI runtime calls, so the window stays
         # open; the live check confirms it with a second walk and still calls it a warning
-        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                                 f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
-        seen["stale-live"] = (json.loads(out) if out.strip() else err, rc)
+        seen["stale-live"] = report_live(guest, b)
         # 2. the next EFI call copies the kernel half: healthy
         U.inject(guest, lambda gm: gm.sync_kernel_half())
         def ptdump_uv(dump):
@@ -85,9 +67,7 @@ def test_uv_scenarios_on_a_running_kernel(bed):
             gm.add_runtime_mmio(*LOCAL)
         U.inject(guest, regression)
         seen["2016"] = _report(guest, b, "2016")
-        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                                 f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
-        seen["live"] = (json.loads(out) if out.strip() else err, rc)
+        seen["live"] = report_live(guest, b)
         # 5. the stale window again (init_mm's MMR_HI slot changed since the last EFI
         #    call), left in place for the real kdump that ends this boot: the crash path
         #    makes no EFI call
@@ -167,9 +147,7 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
                         2 << 20)
         step("hole", hole)
         step("hubless", lambda gm: gm.set_var("uv_hubless_system", 1))
-        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                                 f"{b.kernel.vmlinux} --format json", timeout=600, check=False)
-        seen["hubless-live"] = (json.loads(out) if out.strip() else err, rc)
+        seen["hubless-live"] = report_live(guest, b)
 
         def boot_log(gm):
             """A UV2 whose hub info (BIOS GAM table) disagrees with the MMR overlay register
