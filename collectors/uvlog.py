@@ -12,7 +12,12 @@ only, ``MMIOH_HI``).  Two things are nowhere else in kernel memory:
 Only kernel records (facility 0) count: userspace writing to /dev/kmsg always gets a
 non-zero facility, so it cannot forge these lines.  On a long-running system the boot lines
 may have been overwritten: then there is simply nothing to add.  Read once per program
-(``prog.cache``): boot messages never change, and the ring can be large.
+(``prog.cache``): boot messages never change.
+
+The ring can be large (UV machines often boot with a log buffer of many MiB, and drgn's
+generic reader copies the whole descriptor and info arrays, several times the text), so on
+v5.10+ lockless rings the text ring is scanned for the line's prefix and only the matching
+records' descriptor and info are read; older rings go through drgn's reader.
 """
 from __future__ import annotations
 
@@ -23,9 +28,15 @@ from typing import Optional
 import drgn
 from drgn.helpers.linux.printk import get_printk_records
 
+from .kernel import lookup
+
 _MAP = re.compile(r"UV: Map (\w+)_HI 0x([0-9a-fA-F]+) - 0x([0-9a-fA-F]+)"
                   r"(?: (UC|WB|uc|wb))?(?: \((\d+) segments\))?\s*$")
 _CACHE_KEY = "mmrwatch.uv_boot_maps"
+_PREFIX = b"UV: Map "
+_U64 = (1 << 64) - 1
+_FLAGS_SHIFT = 62                 # DESC_FLAGS_SHIFT on 64-bit
+_ID_MASK = (1 << _FLAGS_SHIFT) - 1
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,48 @@ def boot_maps(prog: drgn.Program) -> dict[str, LoggedMap]:
         return cached
     out: dict[str, LoggedMap] = {}
     try:
-        records = get_printk_records(prog)
-    except (drgn.FaultError, LookupError, ValueError, OverflowError):
-        records = []             # no printk ring in this dump: nothing to add
-    for r in records:
-        if r.facility != 0:
-            continue
-        m = parse(r.text.decode(errors="replace"))
+        lines = _lockless_lines(prog)
+        if lines is None:
+            lines = [r.text.decode(errors="replace") for r in get_printk_records(prog)
+                     if r.facility == 0]
+    except (drgn.FaultError, LookupError, ValueError, OverflowError, AttributeError):
+        lines = []               # no readable printk ring in this dump: nothing to add
+    for line in lines:
+        m = parse(line)
         if m is not None:
             out[m.id] = m
     prog.cache[_CACHE_KEY] = out
+    return out
+
+
+def _lockless_lines(prog: drgn.Program) -> Optional[list[str]]:
+    """Kernel records that start with the prefix, found in the v5.10+ text ring; None on
+    kernels without it.  A hit counts only when its block's descriptor still carries the
+    block's id in a committed/finalized state and points at it (text of overwritten records
+    lingers in the ring), and its info says facility 0."""
+    prb = lookup(prog, "prb")
+    if prb is None or not prb.type_.type.has_member("text_data_ring"):
+        return None
+    dr, tr = prb.desc_ring, prb.text_data_ring
+    size = 1 << int(tr.size_bits)
+    raw = prog.read(tr.data.value_(), size)
+    mask = (1 << int(dr.count_bits)) - 1
+    desc_t, info_t = prog.type("struct prb_desc"), prog.type("struct printk_info")
+    descs, infos = dr.descs.value_(), dr.infos.value_()
+    good = {int(prog[n].value_()) for n in ("desc_committed", "desc_finalized")}
+    out = []
+    pos = raw.find(_PREFIX)
+    while pos >= 8:
+        rid = int.from_bytes(raw[pos - 8:pos], "little") & _ID_MASK
+        d = drgn.Object(prog, desc_t, address=descs + (rid & mask) * desc_t.size)
+        sv = d.state_var.counter.value_() & _U64
+        begin = d.text_blk_lpos.begin.value_() & _U64
+        nxt = d.text_blk_lpos.next.value_() & _U64
+        wrapped = pos == 8 and begin // size != nxt // size   # data moved to the ring start
+        if sv & _ID_MASK == rid and sv >> _FLAGS_SHIFT in good and \
+                ((begin & (size - 1)) == pos - 8 or wrapped):
+            info = drgn.Object(prog, info_t, address=infos + (rid & mask) * info_t.size)
+            if info.facility.value_() == 0:
+                out.append(raw[pos:pos + info.text_len.value_()].decode(errors="replace"))
+        pos = raw.find(_PREFIX, pos + 1)
     return out

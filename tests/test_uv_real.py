@@ -164,6 +164,12 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
             gm.printk(f"UV: Map MMR_HI 0x{REAL_MMR:x} - 0x{REAL_MMR + (64 << 20):x} UC (1 segments)")
             gm.printk("UV: Map GRU_HI 0x7ff00000000 - 0x7ff10000000 WB (1 segments)")
             gm.printk(f"UV: Map MMIOH_HI 0x{MMIOH:x} - 0x{MMIOH + (256 << 20):x} UC (4 segments)")
+            # mmrwatch's targeted scan of the text ring finds what drgn's full reader finds
+            from drgn.helpers.linux.printk import get_printk_records
+            from mmrwatch.collectors import uvlog
+            seen["lines"] = (uvlog._lockless_lines(gm.prog),
+                             [r.text.decode() for r in get_printk_records(gm.prog)
+                              if r.facility == 0 and r.text.startswith(b"UV: Map ")])
         step("bootlog", boot_log)
         # the guest keeps logging after the injected records (its ring stayed consistent)
         guest.run("echo mmrwatch-after-injection > /dev/kmsg")
@@ -214,3 +220,5 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
     assert any("kernel logged mapping 0x1fff0000000-0x1fff4000000" in n for n in doc["notes"])
     assert not any(n.startswith("MMIOH ranges are recorded only") for n in doc["notes"])
     assert "UV: Map MMIOH_HI" in seen["dmesg"] and "mmrwatch-after-injection" in seen["dmesg"]
+    scanned, full = seen["lines"]
+    assert scanned == full and len(full) == 3, seen["lines"]
