@@ -17,6 +17,18 @@ from tests.bed.cache import have_host_tools
 MMRWATCH = [sys.executable, "-m", "mmrwatch"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """A test booting a UV-kernel plan needs that kernel even when its module is not marked
+    (tests/run runs those after the background build; ``-m`` sees this mark)."""
+    from tests.bed.boots import PLANS
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(v, str) and v in PLANS and PLANS[v].kernel == "uv"
+               for v in params.values()):
+            item.add_marker(pytest.mark.uvkernel)
+
+
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory) -> BedSession:
     why = have_host_tools()

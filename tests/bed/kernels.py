@@ -186,6 +186,12 @@ if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which == "all":
         provision_all()
+    if which == "side":           # everything but the UV kernel
+        from .prom import prometheus_dir
+        from .sysguest import rootfs
+        log(f"debian kernel {debian_kernel().release}")
+        log(f"prometheus + promtool: {prometheus_dir()}")
+        log(f"Debian 12 root filesystem: {rootfs()}")
     for name, get in (("debian", debian_kernel), ("uv", uv_kernel)):
         if which == name:
             k = get()
