@@ -5,10 +5,11 @@ of one table tree and reports *runs* to callbacks; what a consumer does with the
 extents, print ptdump lines, check a range) is not the walker's business.
 
 Cost model (see ``tests/bench``): each table page is read once with one physical read and
-decoded in bulk (``array('Q')``); pages are cached for the life of the reader, so efi_mm's
-kernel half, which shares init_mm's lower tables, costs nothing the second time.  Runs of
-linear leaves (same flags, contiguous physical addresses) are coalesced inside a table, and
-a fully linear or empty table is recognised without a per-entry Python loop.
+viewed as 512 uint64s without copying; pages are cached for the life of the reader, so
+efi_mm's kernel half, which shares init_mm's lower tables, costs nothing the second time.
+Runs of linear leaves (same flags, contiguous physical addresses) are coalesced; a fully
+linear table (``linear.py``) or an empty one is recognised without a per-entry Python loop,
+and below a table whole linear children are decided without a call per child.
 
 Robustness: corrupt tables (a loop back to an ancestor, a pointer outside the dump, a PS
 bit where the architecture forbids it, a misaligned huge page) end that branch with a
@@ -17,59 +18,19 @@ recorded ``WalkError``; the walk never raises for table contents and never loops
 from __future__ import annotations
 
 import time
-from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from . import x86
+from . import linear, x86
 from .x86 import NX, P, PMD, PSE, PTE, PUD, RW, US, ENTRIES
 
 ReadPhys = Callable[[int, int], bytes]
 LeafFn = Callable[[int, int, int, int, int], None]   # level, va, size, val, eff
 HoleFn = Callable[[int, int, int], None]              # level, va, size
 _ZERO = bytes(x86.PAGE_SIZE)
-# _TEMPL[level][k] = k * level_size: the shape of a linear table, built once.
-_TEMPL = {lvl: array("Q", (k * x86.level_size(lvl) for k in range(ENTRIES)))
-          for lvl in (PUD, PMD, PTE)}
-_LARGE_ALIGN = {PUD: (1 << 30) - 1, PMD: (1 << 21) - 1}
-# A table read as one little-endian integer is linear from v0 with stride s exactly when,
-# minus _RAMP[level] (digits k*s), every 64-bit digit equals v0 (no digit overflows: checked
-# on the last one): a few C-level big-int/bytes operations instead of 512 Python ints.
-_RAMP = {lvl: int.from_bytes(t, "little") for lvl, t in _TEMPL.items()}
-_ONES = int.from_bytes(array("Q", [1] * ENTRIES), "little")     # digit 1 in every slot
-_U64 = 1 << 64
-_LEAFY = (PUD, PMD, PTE)
+_LEAFY = linear.LEAFY
 _FLAGS = x86.PTE_FLAGS_MASK
-
-
-class _Shape:
-    """The bytes of a whole linear table as ``template.translate(table(v0))``.
-
-    When v0's 9 index bits ``[shift, shift + 9)`` are clear, entry k is ``v0 | k << shift``:
-    every byte of it is a constant of v0 except the two holding the index bits.  So a code
-    template (per entry: codes 0-7 for v0's bytes, then one code per value of each of the
-    two index-carrying bytes) translated through a 256-byte table built from v0 gives the
-    exact expected 4 KiB, and one ``==`` (memcmp) decides linearity: C speed, no per-entry
-    Python work.  Unaligned tables take the big-int test instead.
-    """
-
-    def __init__(self, shift: int) -> None:
-        self.byte, bit = divmod(shift, 8)
-        nlo, nhi = 1 << (8 - bit), 1 << (bit + 1)
-        codes = bytearray()
-        for k in range(ENTRIES):
-            for j in range(8):
-                codes.append(8 + (k & (nlo - 1)) if j == self.byte else
-                             8 + nlo + (k >> (8 - bit)) if j == self.byte + 1 else j)
-        self.template = bytes(codes)
-        self.lo = [bytes((b | x << bit) & 0xFF for x in range(nlo)) for b in range(256)]
-        self.hi = [bytes((b | y) & 0xFF for y in range(nhi)).ljust(248 - nlo, b"\0")
-                   for b in range(256)]
-        self.index_mask = (ENTRIES - 1) << shift
-
-
-_SHAPES = {lvl: _Shape(x86.level_shift(lvl)) for lvl in _LEAFY}
 
 
 class TableFault(Exception):
@@ -141,28 +102,8 @@ class TableReader:
         key = pa * 8 + level
         v0 = self.linear.get(key)
         if v0 is None:
-            v0 = self.linear[key] = _whole_linear(arr, level)
+            v0 = self.linear[key] = linear.whole(arr, level)
         return v0
-
-
-def _whole_linear(arr: memoryview, level: int) -> int:
-    v0 = arr[0]
-    if not v0 & P or (level != PTE and not v0 & PSE):
-        return 0
-    if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
-        return 0              # misaligned huge page: the slow path reports it
-    shape = _SHAPES[level]
-    if not v0 & shape.index_mask:
-        raw = arr.obj
-        b = shape.byte
-        return v0 if raw == shape.template.translate(
-            raw[:8] + shape.lo[raw[b]] + shape.hi[raw[b + 1]]) else 0
-    last = v0 + _TEMPL[level][ENTRIES - 1]
-    if last >= _U64 or arr[ENTRIES - 1] != last:
-        return 0
-    # no digit overflows (last < 2**64), so the table is linear exactly when its
-    # little-endian integer is v0 in every digit plus the ramp k * stride
-    return v0 if int.from_bytes(arr.obj, "little") == v0 * _ONES + _RAMP[level] else 0
 
 
 def _eff(prev: int, val: int, first: bool) -> int:
@@ -338,29 +279,17 @@ class Walker:
             return 0
         if arr is None:
             return 0
-        v0 = self.reader.linear[pa * 8 + level] = _whole_linear(arr, level)
+        v0 = self.reader.linear[pa * 8 + level] = linear.whole(arr, level)
         return v0
 
     def _linear(self, arr: memoryview, pa: int, level: int, i0: int, i1: int, first: bool,
                 eff: int, base: int, on_leaf: LeafFn) -> bool:
         """Report a slice of linear leaves in one call when the whole slice is linear."""
         n = i1 - i0 + 1
-        if n == ENTRIES:
-            v0 = self.reader.linear_v0(pa, arr, level)
-            if not v0:
-                return False
-        else:
-            v0 = arr[i0]
-            if not v0 & P or (level != PTE and not v0 & PSE) or n == 1:
-                return False
-            last = v0 + _TEMPL[level][n - 1]
-            if arr[i1] != last or last >= _U64:
-                return False
-            mask = (1 << (64 * n)) - 1
-            if int.from_bytes(arr[i0:i1 + 1], "little") != v0 * (_ONES & mask) + (_RAMP[level] & mask):
-                return False
-            if level != PTE and v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK:
-                return False  # let the slow path report the misalignment
+        v0 = self.reader.linear_v0(pa, arr, level) if n == ENTRIES else \
+            linear.part(arr, level, i0, i1)
+        if not v0:
+            return False
         shift = x86.level_shift(level)
         on_leaf(level, self._canon(base + (i0 << shift)), n << shift, v0, _eff(eff, v0, first))
         return True

@@ -96,7 +96,7 @@ def _exact_test_cost(prog, touched: list[int], t_floor: float) -> None:
     table, next to reading it: a big-int identity and bytes.translate of a code template
     plus one compare.  With the read itself, this bounds how close to the floor a walker
     that must look at every entry can get."""
-    from mmrwatch.collectors.pagetable import _ONES, _RAMP
+    from mmrwatch.collectors.linear import _ONES, _RAMP
     raws = [prog.read(pa, 4096, True) for pa in touched]
     v0s = [int.from_bytes(r[:8], "little") for r in raws]
     ramp = _RAMP[x86.PTE]
