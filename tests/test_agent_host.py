@@ -67,16 +67,19 @@ def _v(m, name, **labels):
 
 
 @pytest.mark.parametrize("case,kind", [("no-kcore", "noinput"), ("no-dump", "noinput"),
-                                       ("not-a-dump", "data"), ("wrong-vmlinux", "debuginfo"),
+                                       ("not-a-dump", "data"),
+                                       pytest.param("wrong-vmlinux", "debuginfo",
+                                                    marks=pytest.mark.uvkernel),
                                        ("no-vmlinux", "debuginfo")])
 def test_bad_inputs_keep_the_daemon_up(bed, tmp_path, case, kind):
     b = bed.boot("debian-l5")
-    other = bed.kernel("uv").vmlinux
-    args = {"no-kcore": ["--live", "--vmlinux", str(b.kernel.vmlinux)],   # host has none
-            "no-dump": ["--vmcore", str(tmp_path / "missing")],
-            "not-a-dump": ["--vmcore", str(b.kernel.vmlinux)],
-            "wrong-vmlinux": ["--vmcore", str(b.elf), "--vmlinux", str(other)],
-            "no-vmlinux": ["--vmcore", str(b.elf)]}[case]      # not in the standard places
+    if case == "wrong-vmlinux":       # another kernel's debug info: the UV build's
+        args = ["--vmcore", str(b.elf), "--vmlinux", str(bed.kernel("uv").vmlinux)]
+    else:
+        args = {"no-kcore": ["--live", "--vmlinux", str(b.kernel.vmlinux)],   # host has none
+                "no-dump": ["--vmcore", str(tmp_path / "missing")],
+                "not-a-dump": ["--vmcore", str(b.kernel.vmlinux)],
+                "no-vmlinux": ["--vmcore", str(b.elf)]}[case]      # not in the standard places
     import os
     if case == "no-kcore" and os.path.exists("/proc/kcore"):
         pytest.skip("this host has /proc/kcore")

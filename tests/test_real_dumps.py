@@ -97,6 +97,7 @@ def test_text_report_verdict_first(bed):
     assert "efi-MMIO" in res.stdout and "not mapped in init_mm" in res.stdout
 
 
+@pytest.mark.uvkernel        # another kernel's debug info: the UV build's
 def test_wrong_vmlinux_is_refused(bed):
     b = bed.boot("debian-l5")
     uv = bed.kernel("uv")
