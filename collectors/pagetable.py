@@ -279,8 +279,7 @@ class Walker:
             return 0
         if arr is None:
             return 0
-        v0 = self.reader.linear[pa * 8 + level] = linear.whole(arr, level)
-        return v0
+        return self.reader.linear_v0(pa, arr, level)
 
     def _linear(self, arr: memoryview, pa: int, level: int, i0: int, i1: int, first: bool,
                 eff: int, base: int, on_leaf: LeafFn) -> bool:

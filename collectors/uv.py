@@ -301,14 +301,15 @@ def entry_range(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     return None
 
 
-def _window_notes(sysm: UVSystem, facts: KernelFacts) -> None:
+def _window_notes(sysm: UVSystem, facts: KernelFacts,
+                  segs: list[tuple[str, int, int, Optional[int], frozenset[str]]]) -> None:
     """A UV range whose direct-map address runs past ``vmalloc_base`` was mapped by
     ``init_extra_mapping_*()`` into vmalloc space: KASLR sized the direct-map window from
     RAM + ``CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING``, too small for this machine's MMRs."""
     vb = sysm.vmalloc_base
     if not vb or vb <= facts.page_offset_base:
         return
-    for name, pa, size, blade, _ in segments(sysm):
+    for name, pa, size, blade, _ in segs:
         if facts.page_offset_base + pa + size > vb:
             label = name if blade is None else f"{name}[blade {blade}]"
             sysm.notes.append(
@@ -325,11 +326,12 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     if sysm.state != HUBBED:
         return []
     out = []
-    _window_notes(sysm, facts)
+    segs = segments(sysm)
+    _window_notes(sysm, facts, segs)
     entry = entry_range(sysm, facts, descs, old_memmap)
     if entry is not None:
         out.append(entry)
-    for name, pa, size, blade, cache in segments(sysm):
+    for name, pa, size, blade, cache in segs:
         exps = [Expectation(INIT_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
                             why="uv_system_init() maps it with init_extra_mapping_*()"),
                 Expectation(EFI_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,

@@ -161,19 +161,24 @@ def uv_kernel() -> Kernel:
     return Kernel("uv", (d / "release").read_text().strip(), d / "bzImage", d / "vmlinux", None)
 
 
+def provision_side() -> None:
+    """Everything but the UV kernel: the Debian kernel, Prometheus, the Debian 12 rootfs."""
+    from .prom import prometheus_dir
+    from .sysguest import rootfs
+    log(f"debian kernel {debian_kernel().release}")
+    log(f"prometheus + promtool: {prometheus_dir()}")
+    log(f"Debian 12 root filesystem: {rootfs()}")
+
+
 def provision_all() -> None:
     """Everything the suite boots, built once: the UV kernel build (CPU-bound) runs while
     the downloads and the Debian root filesystem (network/IO-bound) proceed beside it."""
     import threading
-    from .prom import prometheus_dir
-    from .sysguest import rootfs
     errors: list[BaseException] = []
 
     def side() -> None:
         try:
-            log(f"debian kernel {debian_kernel().release}")
-            log(f"prometheus + promtool: {prometheus_dir()}")
-            log(f"Debian 12 root filesystem: {rootfs()}")
+            provision_side()
         except BaseException as e:   # reported after the UV build, not lost in the thread
             errors.append(e)
     t = threading.Thread(target=side)
@@ -191,11 +196,7 @@ if __name__ == "__main__":
     if which == "all":
         provision_all()
     if which == "side":           # everything but the UV kernel
-        from .prom import prometheus_dir
-        from .sysguest import rootfs
-        log(f"debian kernel {debian_kernel().release}")
-        log(f"prometheus + promtool: {prometheus_dir()}")
-        log(f"Debian 12 root filesystem: {rootfs()}")
+        provision_side()
     for name, get in (("debian", debian_kernel), ("uv", uv_kernel)):
         if which == name:
             k = get()
