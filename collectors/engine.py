@@ -17,7 +17,7 @@ import drgn
 from . import efi, userranges, uv
 from .check import SEVERITY_ORDER, Checker, Finding, worst
 from .kernel import KernelFacts, make_walker, read_facts
-from .mm import AddressSpace, address_spaces, old_memmap
+from .mm import EFI_MM, AddressSpace, address_spaces
 from .pagetable import WalkError
 from .ranges import Range
 from .target import Target
@@ -83,7 +83,7 @@ def uv_source(ctx: Context) -> list[Range]:
     """UV hub MMR ranges (none on non-UV kernels, non-UV hardware and hubless systems)."""
     sysm = uv.discover(ctx.prog)
     ctx.summaries["uv"] = sysm.summary()
-    out = uv.ranges(sysm, ctx.facts, ctx.efi_descs, old_memmap(ctx.prog, ctx.spaces))
+    out = uv.ranges(sysm, ctx.facts, ctx.efi_descs, ctx.spaces[EFI_MM].old_memmap)
     ctx.notes.extend(sysm.notes)
     return out
 

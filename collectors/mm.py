@@ -24,6 +24,8 @@ MM_ALIASES = {"kernel": INIT_MM, "init_mm": INIT_MM, "efi": EFI_MM, "efi_mm": EF
 
 # efi.flags bits (include/linux/efi.h; stable since v3.x)
 EFI_BOOT, EFI_RUNTIME_SERVICES, EFI_ARCH_1 = 0, 3, 7
+OLD_MEMMAP_REASON = ("EFI old memory map (efi=old_map / SGI UV1): firmware runs on the kernel "
+                     "page table")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class AddressSpace:
     root_va: Optional[int]
     source: str               # the kernel symbol the root came from
     reason: str = ""          # why there is no table (root_pa is None)
+
+    @property
+    def old_memmap(self) -> bool:
+        """EFI old memory map (``efi=old_map``, UV1): firmware runs on init_mm instead."""
+        return self.reason == OLD_MEMMAP_REASON
 
     @property
     def has_table(self) -> bool:
@@ -74,13 +81,6 @@ def _has_symbol(prog: drgn.Program, name: str) -> bool:
         return False
 
 
-def old_memmap(prog: drgn.Program, spaces: dict[str, "AddressSpace"]) -> bool:
-    """EFI old memory map (``efi=old_map``, UV1): no EFI table, firmware runs on init_mm."""
-    flags = efi_flags(prog) or 0
-    return (not spaces[EFI_MM].has_table and bool(flags & (1 << EFI_RUNTIME_SERVICES))
-            and bool(flags & (1 << EFI_ARCH_1)) and _old_memmap_kernel(prog))
-
-
 def _no_table_reason(prog: drgn.Program) -> str:
     flags = efi_flags(prog)
     if flags is None:
@@ -90,7 +90,7 @@ def _no_table_reason(prog: drgn.Program) -> str:
     if not flags & (1 << EFI_RUNTIME_SERVICES):
         return "EFI runtime services disabled (efi=noruntime, or firmware did not provide them)"
     if flags & (1 << EFI_ARCH_1) and _old_memmap_kernel(prog):
-        return "EFI old memory map (efi=old_map / SGI UV1): firmware runs on the kernel page table"
+        return OLD_MEMMAP_REASON
     return "efi_mm has no page table"
 
 
