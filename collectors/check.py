@@ -14,7 +14,7 @@ from typing import Optional
 from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
-from .pagetable import Extent, TableFault, Walker, extents
+from .pagetable import Extent, TableFault, WalkError, Walker, extents
 from .ranges import Expectation, Range, human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
@@ -58,6 +58,8 @@ class Checker:
 
     def __init__(self, facts: KernelFacts, spaces: dict[str, AddressSpace], walker: Walker):
         self.facts, self.spaces, self.walker = facts, spaces, walker
+        # (va, size, the root entries over it) -> (extents, walk errors); see _extents
+        self._walks: dict[tuple, tuple[list[Extent], list[WalkError]]] = {}
 
     def check(self, ranges: list[Range]) -> list[Finding]:
         return [self.check_one(r, e) for r in ranges for e in r.expectations]
@@ -67,13 +69,11 @@ class Checker:
         if not space.has_table:
             return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
                            missing_bytes=rng.size)
-        nerr = len(self.walker.errors)
-        exts = _clip(extents(self.walker, space.root_pa, exp.va, exp.va + rng.size),
-                     exp.va, rng.size)
+        exts, errs = self._extents(space.root_pa, exp.va, rng.size)
         f = self._account(rng, exp, exts)
-        if len(self.walker.errors) > nerr and f.missing_bytes:
+        if errs and f.missing_bytes:
             f.status, f.severity = "unreadable", CRITICAL if exp.required else INFO
-            f.message = f"page tables unreadable: {self.walker.errors[nerr]}"
+            f.message = f"page tables unreadable: {errs[0]}"
             return f
         self._judge(f)
         return f
@@ -134,14 +134,38 @@ class Checker:
         init, efi = self.spaces[INIT_MM], self.spaces[EFI_MM]
         if not init.has_table:
             return
-        init_exts = _clip(extents(self.walker, init.root_pa, exp.va, exp.va + f.range.size),
-                          exp.va, f.range.size)
+        init_exts, _ = self._extents(init.root_pa, exp.va, f.range.size)
         if not init_exts:
             return
         if self._top_entry(init.root_pa, exp.va) != self._top_entry(efi.root_pa, exp.va):
             f.status, f.severity = "stale", WARNING
             f.message = ("kernel-half slot present in init_mm but not yet copied into efi_mm "
                          "(no EFI call since the mapping was made)")
+
+    def _extents(self, root_pa: int, va: int, size: int) -> tuple[list[Extent], list[WalkError]]:
+        """The extents of ``[va, va + size)`` in the tree at ``root_pa`` and the walk errors
+        met there.  Everything below a root entry is that entry's business alone, so two
+        trees whose root entries over the range are equal map it identically: efi_mm shares
+        init_mm's kernel half, and each direct-map range is walked once for both."""
+        key: Optional[tuple] = None
+        try:
+            root = self.walker.reader.table(root_pa)
+        except TableFault:
+            pass            # the walk records why
+        else:
+            lo = x86.top_index(va, self.facts.levels)
+            hi = x86.top_index(va + size - 1, self.facts.levels)
+            if lo <= hi:
+                key = (va, size, tuple(root[lo:hi + 1]) if root is not None else None)
+        hit = self._walks.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        nerr = len(self.walker.errors)
+        exts = _clip(extents(self.walker, root_pa, va, va + size), va, size)
+        out = exts, self.walker.errors[nerr:]
+        if key is not None:
+            self._walks[key] = out
+        return out
 
     def _top_entry(self, root_pa: int, va: int) -> Optional[int]:
         try:

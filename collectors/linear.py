@@ -57,22 +57,21 @@ def _leaf_v0(v0: int, level: int) -> bool:
     return level == PTE or not v0 & _LARGE_ALIGN[level] & ~x86.PAT_LARGE & x86.PTE_PFN_MASK
 
 
-def whole(arr: memoryview, level: int) -> int:
-    """v0 when all 512 entries of ``arr`` (a uint64 view whose ``.obj`` is the bytes read)
-    are one linear run of ``level`` leaves, else 0."""
-    v0 = arr[0]
-    if not _leaf_v0(v0, level):
+def whole(raw: bytes, level: int) -> int:
+    """v0 when all 512 entries of the table page ``raw`` are one linear run of ``level``
+    leaves, else 0."""
+    v0 = int.from_bytes(raw[:8], "little")
+    if not v0 & P or (level != PTE and not (v0 & PSE and _leaf_v0(v0, level))):
         return 0
     shape = _SHAPES[level]
     if not v0 & shape.index_mask:
-        raw = arr.obj
         b = shape.byte
         return v0 if raw == shape.template.translate(
             raw[:8] + shape.lo[raw[b]] + shape.hi[raw[b + 1]]) else 0
     last = v0 + _TEMPL[level][ENTRIES - 1]
-    if last >= _U64 or arr[ENTRIES - 1] != last:
+    if last >= _U64 or int.from_bytes(raw[-8:], "little") != last:
         return 0
-    return v0 if int.from_bytes(arr.obj, "little") == v0 * _ONES + _RAMP[level] else 0
+    return v0 if int.from_bytes(raw, "little") == v0 * _ONES + _RAMP[level] else 0
 
 
 def part(arr: memoryview, level: int, i0: int, i1: int) -> int:

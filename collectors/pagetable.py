@@ -29,6 +29,7 @@ ReadPhys = Callable[[int, int], bytes]
 LeafFn = Callable[[int, int, int, int, int], None]   # level, va, size, val, eff
 HoleFn = Callable[[int, int, int], None]              # level, va, size
 _ZERO = bytes(x86.PAGE_SIZE)
+_MISS = object()
 _LEAFY = linear.LEAFY
 _FLAGS = x86.PTE_FLAGS_MASK
 
@@ -60,6 +61,9 @@ class TableReader:
 
     The cache is bounded (oldest pages dropped first) so a full walk of a huge direct map
     cannot grow memory without limit; shared upper-level tables stay hot regardless.
+    A leaf table that is one whole linear run is not cached at all: its memo (``linear``,
+    one int) says everything a walk needs, and keeping thousands of 4 KiB pages alive costs
+    more in allocation than reading them (measured in ``tests/bench``).
     """
 
     def __init__(self, read_phys: ReadPhys, limit: int = 8192,
@@ -72,16 +76,41 @@ class TableReader:
         self._limit = limit
         self.reads = 0
         # pa * 8 + level -> v0 when the whole table is one linear run of leaves, else 0:
-        # efi_mm revisits init_mm's tables
+        # efi_mm revisits init_mm's tables.  Bounded on its own (cleared when full).
         self.linear: dict[int, int] = {}
+        self._linear_limit = limit * 32
 
     def table(self, pa: int) -> Optional[memoryview]:
         """The 512 entries of the table at ``pa`` (a uint64 view of the bytes read, whose
         ``.obj`` is those bytes); None for an all-zero page."""
-        try:
-            return self._cache[pa]
-        except KeyError:
-            pass
+        arr = self._cache.get(pa, _MISS)
+        if arr is _MISS:
+            raw = self._fetch(pa)
+            arr = None if raw == _ZERO else memoryview(raw).cast("Q")
+            self._keep(pa, arr)
+        return arr
+
+    def leaf_run(self, pa: int, level: int) -> int:
+        """v0 when the whole table at ``pa`` is one linear run of ``level`` leaves, else 0
+        (also for an empty table).  Memoised; raises ``TableFault`` when unreadable."""
+        key = pa * 8 + level
+        v0 = self.linear.get(key)
+        if v0 is not None:
+            return v0
+        arr = self._cache.get(pa, _MISS)
+        if arr is not _MISS:
+            v0 = linear.whole(arr.obj, level) if arr is not None else 0
+        else:
+            raw = self._fetch(pa)
+            v0 = linear.whole(raw, level)        # 0 for an all-zero page (not present)
+            if not v0:
+                self._keep(pa, None if raw == _ZERO else memoryview(raw).cast("Q"))
+        if len(self.linear) >= self._linear_limit:
+            self.linear.clear()
+        self.linear[key] = v0
+        return v0
+
+    def _fetch(self, pa: int) -> bytes:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise WalkTimeout("check deadline exceeded")
         try:
@@ -89,21 +118,12 @@ class TableReader:
         except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...
             raise TableFault(str(e).split("\n")[0]) from None
         self.reads += 1
-        arr = None if raw == _ZERO else memoryview(bytes(raw)).cast("Q")
-        if len(self._cache) >= self._limit:
-            old, _ = self._cache.popitem(last=False)
-            for lvl in _LEAFY:
-                self.linear.pop(old * 8 + lvl, None)
-        self._cache[pa] = arr
-        return arr
+        return bytes(raw)
 
-    def linear_v0(self, pa: int, arr: memoryview, level: int) -> int:
-        """v0 when the whole table at ``pa`` is one linear run of ``level`` leaves, else 0."""
-        key = pa * 8 + level
-        v0 = self.linear.get(key)
-        if v0 is None:
-            v0 = self.linear[key] = linear.whole(arr, level)
-        return v0
+    def _keep(self, pa: int, arr: Optional[memoryview]) -> None:
+        if len(self._cache) >= self._limit:
+            self._cache.popitem(last=False)
+        self._cache[pa] = arr
 
 
 def _eff(prev: int, val: int, first: bool) -> int:
@@ -177,19 +197,29 @@ class Walker:
         if self._budget < 0:
             self._error(level, base + (i0 << shift), pa, "walk budget exhausted (table cycle?)")
             return
+        canon = self._canon
+        first = level == x86.top_level(self.levels)
+        leafy = level in _LEAFY
         try:
+            if leafy and i1 - i0 == ENTRIES - 1:
+                v0 = self.reader.leaf_run(pa, level)    # a linear table is never kept
+                if v0:
+                    on_leaf(level, canon(base), ENTRIES << shift, v0, _eff(eff, v0, first))
+                    return
             arr = self.reader.table(pa)
         except TableFault as e:
             self._error(level, base + (i0 << shift), pa, f"table unreadable: {e}")
             return
-        canon = self._canon
         if arr is None:
             if on_hole:
                 on_hole(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift)
             return
-        first = level == x86.top_level(self.levels)
-        if level in _LEAFY and self._linear(arr, pa, level, i0, i1, first, eff, base, on_leaf):
-            return
+        if leafy and 0 < i1 - i0 < ENTRIES - 1:      # a full table was tested above
+            v0 = linear.part(arr, level, i0, i1)
+            if v0:
+                on_leaf(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift, v0,
+                        _eff(eff, v0, first))
+                return
         # Children that are whole linear leaf tables (the bulk of any big mapping) are
         # decided here without a call per table, and consecutive ones reported as one run.
         clevel = level + 1
@@ -206,7 +236,10 @@ class Walker:
                 child = val & tmask
                 v0 = lin.get(child * 8 + clevel)
                 if v0 is None:
-                    v0 = self._linear_child(child, clevel)
+                    try:
+                        v0 = self.reader.leaf_run(child, clevel)
+                    except TableFault:
+                        v0 = 0     # walked the ordinary way below, which records the fault
                 if v0 and self._budget > 0 and child not in path:
                     self._budget -= 1
                     # same table-entry flags -> same effective protection for the child
@@ -268,30 +301,6 @@ class Walker:
                         on_leaf, on_hole)
         if pend:
             on_leaf(clevel, canon(pva), pn, pv0, peff)
-
-    def _linear_child(self, pa: int, level: int) -> int:
-        """Read a child table and memoise whether it is one whole linear run of leaves
-        (its v0, else 0); 0 too when it cannot be read, so the caller walks it the
-        ordinary way, which records the fault."""
-        try:
-            arr = self.reader.table(pa)
-        except TableFault:
-            return 0
-        if arr is None:
-            return 0
-        return self.reader.linear_v0(pa, arr, level)
-
-    def _linear(self, arr: memoryview, pa: int, level: int, i0: int, i1: int, first: bool,
-                eff: int, base: int, on_leaf: LeafFn) -> bool:
-        """Report a slice of linear leaves in one call when the whole slice is linear."""
-        n = i1 - i0 + 1
-        v0 = self.reader.linear_v0(pa, arr, level) if n == ENTRIES else \
-            linear.part(arr, level, i0, i1)
-        if not v0:
-            return False
-        shift = x86.level_shift(level)
-        on_leaf(level, self._canon(base + (i0 << shift)), n << shift, v0, _eff(eff, v0, first))
-        return True
 
     def _canon(self, u: int) -> int:
         return x86.canonical(u, self.levels)

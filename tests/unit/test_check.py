@@ -56,6 +56,35 @@ def test_healthy_mmr_is_ok_in_both(tmp_path):
     assert res.verdict == OK
 
 
+def test_range_under_a_shared_root_entry_is_walked_once(tmp_path, monkeypatch):
+    """efi_mm's copy of init_mm's root entry means the same tree below: one walk answers
+    both; a root entry of its own (here: not yet synced) is walked on its own."""
+    from mmrwatch.collectors import check
+    walks = []
+    real = check.extents
+    monkeypatch.setattr(check, "extents", lambda w, root, lo, hi: walks.append(root) or real(w, root, lo, hi))
+    k = _healthy()
+    res = _run(k, MMR_TOML, tmp_path)
+    assert [_by(res, "mmr", mm, "direct").status for mm in ("init_mm", "efi_mm")] == ["ok", "ok"]
+    assert walks == [k.init_root]
+    walks.clear()
+    k = SynthKernel()
+    k.direct_map_ram()
+    k.new_efi_root()        # synced before the MMR mapping: efi_mm's slot is stale
+    k.map(k.init_root, k.pob + (8 << 40) + MMR, MMR, MMR_SIZE, 1 << 21, KERNEL | UC | x86.G)
+    res = engine.run_check(Target(k.program(), "synth", False, "synth", None, None),
+                           engine.default_sources(_toml(tmp_path, MMR_TOML.replace(
+                               f"start = {MMR:#x}", f"start = {(8 << 40) + MMR:#x}"))))
+    assert _by(res, "mmr", "efi_mm", "direct").status == "stale"
+    assert walks[:2] == [k.init_root, k.efi_root]
+
+
+def _toml(tmp: Path, text: str) -> Path:
+    f = tmp / "r.toml"
+    f.write_text(text)
+    return f
+
+
 def test_2016_regression_mmr_only_in_efi_identity_map(tmp_path):
     """The firmware lists the MMRs as runtime MMIO; EFI maps them 1:1, the kernel never."""
     k = SynthKernel()

@@ -38,7 +38,7 @@ def test_whole_and_part_match_the_definition(level, pfn, flags, aligned, idx, bi
     entries = _table(level, pfn, flags, aligned)
     if corrupt:
         entries[idx] ^= 1 << bit
-    assert linear.whole(_view(entries), level) == _naive(entries, level)
+    assert linear.whole(array("Q", entries).tobytes(), level) == _naive(entries, level)
     i0, i1 = sorted((idx, (idx * 7 + bit) % 512))
     if i1 > i0:
         assert linear.part(_view(entries), level, i0, i1) == _naive(entries[i0:i1 + 1], level)

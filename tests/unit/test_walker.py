@@ -81,6 +81,36 @@ def test_shared_kernel_half_is_read_once():
     assert w.reader.reads == reads + 1      # only efi_mm's own top-level page
 
 
+def test_linear_leaf_tables_are_read_once_and_not_kept():
+    """A whole linear PTE table is decided from one read and remembered as its first entry
+    only; efi_mm's revisit through the shared kernel half reads nothing new."""
+    k = SynthKernel()
+    va, pa = k.pob + (4 << 30), 0x10_0000_0000
+    k.map(k.init_root, va, pa, 8 << 20, 4096, KERNEL | UC)      # 4 whole PTE tables
+    k.new_efi_root()
+    w = _walker(k)
+    a = list(extents(w, k.init_root, va, va + (8 << 20)))
+    assert [(e.va, e.pa, e.size, e.level) for e in a] == [(va, pa, 8 << 20, x86.PTE)]
+    assert w.reader.reads == 3 + 4            # root, PUD, PMD tables + the 4 PTE tables
+    assert len(w.reader._cache) == 3          # the PTE tables live on as memo entries
+    b = list(extents(w, k.efi_root, va, va + (8 << 20)))
+    assert b == a and w.reader.reads == 3 + 4 + 1
+    # a partial walk of a memoised table still gets the right slice (re-read once, kept)
+    c = list(extents(w, k.init_root, va + 4096, va + 3 * 4096))
+    assert [(e.va, e.pa, e.size) for e in c] == [(va + 4096, pa + 4096, 2 * 4096)]
+
+
+def test_non_linear_leaf_table_is_kept_and_walked_entry_by_entry():
+    k = SynthKernel()
+    va, pa = k.pob + (4 << 30), 0x10_0000_0000
+    k.map(k.init_root, va, pa, 2 << 20, 4096, KERNEL | UC)
+    k.map(k.init_root, va + 5 * 4096, pa + 5 * 4096, 4096, 4096, KERNEL)   # one WB page
+    w = _walker(k)
+    got = [(e.va - va, e.size // 4096, e.flags & UC) for e in extents(w, k.init_root, va, va + (2 << 20))]
+    assert got == [(0, 5, UC), (5 * 4096, 1, 0), (6 * 4096, 506, UC)]
+    assert len(w.reader._cache) == 4
+
+
 def test_sme_c_bit_is_stripped():
     c_bit = 1 << 47
     k = SynthKernel(sme_me_mask=c_bit)
