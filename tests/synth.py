@@ -137,17 +137,22 @@ class SynthKernel:
                 f"NUMBER(pgtable_l5_enabled)={1 if self.levels == 5 else 0}\n"
                 f"KERNELOFFSET=0\n").encode()
 
-    def program(self) -> Program:
-        """A drgn Program over this RAM, flagged as a Linux kernel, with our globals."""
-        if self.descs and self.memmap_pa is None:
-            self.memmap_pa = self.alloc()
-            for i, d in enumerate(self.descs):
-                struct.pack_into("<IIQQQQ", self.ram, self.memmap_pa + i * 48, d[0], 0, *d[1:])
-        prog = Program(drgn.Platform(drgn.Architecture.X86_64))
-        ram = self.ram
-        prog.add_memory_segment(0, len(ram), lambda a, n, off, phys: bytes(ram[off:off + n]),
-                                True)
-        prog.set_linux_kernel_custom(self.vmcoreinfo(), False)
+    def program(self, vmcore: Optional[str] = None) -> Program:
+        """A drgn Program over this RAM, flagged as a Linux kernel, with our globals.
+
+        Memory comes from a Python callback, or with ``vmcore`` from an ELF core file that
+        ``write_vmcore`` wrote, read by drgn's own core-dump reader (what a user's
+        ``/proc/vmcore`` copy goes through)."""
+        self._write_memmap()
+        if vmcore is not None:
+            prog = Program()
+            prog.set_core_dump(vmcore)
+        else:
+            prog = Program(drgn.Platform(drgn.Architecture.X86_64))
+            ram = self.ram
+            prog.add_memory_segment(0, len(ram), lambda a, n, off, phys: bytes(ram[off:off + n]),
+                                    True)
+            prog.set_linux_kernel_custom(self.vmcoreinfo(), False)
         types = _Types(prog)
         objs = self._objects(prog, types)
 
@@ -163,6 +168,33 @@ class SynthKernel:
 
         prog.register_type_finder("synth", find_type, enable_index=0)
         return prog
+
+    def _write_memmap(self) -> None:
+        if self.descs and self.memmap_pa is None:
+            self.memmap_pa = self.alloc()
+            for i, d in enumerate(self.descs):
+                struct.pack_into("<IIQQQQ", self.ram, self.memmap_pa + i * 48, d[0], 0, *d[1:])
+
+    def write_vmcore(self, path: str) -> None:
+        """This RAM as an ELF64 core the way the kernel's ``/proc/vmcore`` lays one out: a
+        PT_NOTE with the VMCOREINFO note, one PT_LOAD of physical memory at the direct map."""
+        self._write_memmap()
+        info = self.vmcoreinfo()
+        name = b"VMCOREINFO\0"
+        note = struct.pack("<III", len(name), len(info), 0) + name.ljust(12, b"\0") + \
+            info.ljust((len(info) + 3) & ~3, b"\0")
+        phoff, nph = 64, 2
+        note_off = phoff + 56 * nph
+        load_off = (note_off + len(note) + 4095) & ~4095
+        ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 4, 62, 1,
+                           0, phoff, 0, 0, 64, 56, nph, 64, 0, 0)
+        pt_note = struct.pack("<IIQQQQQQ", 4, 0, note_off, 0, 0, len(note), len(note), 4)
+        pt_load = struct.pack("<IIQQQQQQ", 1, 7, load_off, self.pob, 0, len(self.ram),
+                              len(self.ram), 4096)
+        with open(path, "wb") as f:
+            f.write(ehdr + pt_note + pt_load + note)
+            f.seek(load_off)
+            f.write(self.ram)
 
     def _objects(self, prog: Program, t: "_Types") -> dict[str, Object]:
         objs = {
