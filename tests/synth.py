@@ -13,7 +13,7 @@ import struct
 from typing import Optional
 
 import drgn
-from drgn import FindObjectFlags, Object, Program, TypeMember
+from drgn import Object, Program, TypeMember
 
 from mmrwatch.collectors import x86
 from mmrwatch.collectors.kernel import START_KERNEL_MAP

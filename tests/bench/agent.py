@@ -51,7 +51,7 @@ def guest_cost(work: Path) -> None:
               "> /xfer/bench.log 2>&1 & echo $! > /xfer/bench.pid")
         time.sleep(40)
         g.run("cp /tmp/tf/m.prom /xfer/m.prom")
-        g.run(f"kill $(cat /xfer/bench.pid)")
+        g.run("kill $(cat /xfer/bench.pid)")
         m = _metrics((g.xfer / "m.prom").read_text())
     runs = m["mmrwatch_collector_runs_total"]
     avg = m["mmrwatch_walk_cpu_seconds_total"] / runs
