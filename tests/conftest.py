@@ -4,10 +4,8 @@ In CI (``CI`` set) a missing QEMU/OVMF is a failure, never a skip: ``tests/run``
 them.  Locally, real-kernel tests skip with the reason when the host lacks them.
 """
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -176,7 +176,7 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
         _, so, _ = guest.run("dmesg | grep -e 'UV: Map' -e mmrwatch-after-injection")
         seen["dmesg"] = so
 
-    b = bed.boot("uv-inject", keep=scenarios)
+    bed.boot("uv-inject", keep=scenarios)
     doc, rc = seen["uv5"]
     # UV5: revision base 9, MMR_HI segment 32 MiB (shift 25), GRU 32 MiB, no GLOBAL_MMR32
     assert doc["uv"] == {"state": "hubbed", "hub": "UV5", "revision": 9, "blades": 1,

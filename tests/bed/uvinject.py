@@ -11,7 +11,6 @@ keeps running.  Scenario expectations are written in the tests from the rules.
 """
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass
 from typing import Optional
