@@ -31,9 +31,8 @@ fi
 say "installing mmrwatch into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check '.[test,web]'
 
-say "provisioning test artefacts (cached in ${MMRWATCH_CACHE:-$HOME/.cache/mmrwatch})"
 if [ -n "${MMRWATCH_DEFER_UV:-}" ]; then
-  .venv/bin/python -m tests.bed.kernels side     # tests/run builds the UV kernel beside tests
-else
-  .venv/bin/python -m tests.bed.kernels all
+  exit 0          # tests/run provisions: the UV kernel build beside downloads and tests
 fi
+say "provisioning test artefacts (cached in ${MMRWATCH_CACHE:-$HOME/.cache/mmrwatch})"
+.venv/bin/python -m tests.bed.kernels all
