@@ -78,7 +78,7 @@ class TableReader:
         # pa * 8 + level -> v0 when the whole table is one linear run of leaves, else 0:
         # efi_mm revisits init_mm's tables.  Bounded on its own (cleared when full).
         self.linear: dict[int, int] = {}
-        self._linear_limit = limit * 32
+        self._linear_limit = limit * 8      # ints, ~100 bytes each: a few MB at most
 
     def table(self, pa: int) -> Optional[memoryview]:
         """The 512 entries of the table at ``pa`` (a uint64 view of the bytes read, whose
