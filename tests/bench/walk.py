@@ -80,7 +80,8 @@ def bench_targeted(page: int, vmcore: str) -> None:
         facts = kernel.read_facts(prog)
         spaces = address_spaces(prog, facts)
         touched = _pages_read(prog, facts, spaces, ranges)
-        t_ours, t_floor, t_tested = _interleaved(prog, facts, spaces, ranges, touched)
+        leaf = x86.PTE if page == 4096 else x86.PMD
+        t_ours, t_floor, t_tested = _interleaved(prog, facts, spaces, ranges, touched, leaf)
         if first:
             print(f"targeted check, {page >> 10} KiB pages: {len(ranges)} ranges x 2 mms = "
                   f"{total >> 20} MiB, {len(touched)} table pages")
@@ -112,7 +113,8 @@ def _follow_phys_cost(prog, ranges: list[Range], total: int) -> tuple[float, int
     return best(theirs, 3) * (total // 4096) / len(pages), len(pages)
 
 
-def _interleaved(prog, facts, spaces, ranges, touched: list[int]) -> tuple[float, float, float]:
+def _interleaved(prog, facts, spaces, ranges, touched: list[int],
+                 leaf: int) -> tuple[float, float, float]:
     """Best times of the check, of the floor, and of the floor plus the exact linear test,
     measured in alternating rounds so that a slow spell of this shared machine hits all
     three.  The floor decodes each page as the walker does (a zero-copy uint64 view): an
@@ -127,7 +129,7 @@ def _interleaved(prog, facts, spaces, ranges, touched: list[int]) -> tuple[float
 
     def tested():
         for pa in touched:
-            linear.whole(prog.read(pa, 4096, True), x86.PTE)
+            linear.whole(prog.read(pa, 4096, True), leaf)
 
     times: tuple[list[float], ...] = ([], [], [])
     for _ in range(7):
