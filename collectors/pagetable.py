@@ -5,8 +5,9 @@ of one table tree and reports *runs* to callbacks; what a consumer does with the
 extents, print ptdump lines, check a range) is not the walker's business.
 
 Cost model (see ``tests/bench``): each table page is read once with one physical read and
-viewed as 512 uint64s without copying; pages are cached for the life of the reader, so
-efi_mm's kernel half, which shares init_mm's lower tables, costs nothing the second time.
+viewed as 512 uint64s without copying; pages are cached for the life of the reader (a
+whole linear leaf table only as its first entry), so efi_mm's kernel half, which shares
+init_mm's lower tables, costs nothing the second time.
 Runs of linear leaves (same flags, contiguous physical addresses) are coalesced; a fully
 linear table (``linear.py``) or an empty one is recognised without a per-entry Python loop,
 and below a table whole linear children are decided without a call per child.
@@ -85,9 +86,7 @@ class TableReader:
         ``.obj`` is those bytes); None for an all-zero page."""
         arr = self._cache.get(pa, _MISS)
         if arr is _MISS:
-            raw = self._fetch(pa)
-            arr = None if raw == _ZERO else memoryview(raw).cast("Q")
-            self._keep(pa, arr)
+            arr = self._keep(pa, self._fetch(pa))
         return arr
 
     def leaf_run(self, pa: int, level: int) -> int:
@@ -104,7 +103,7 @@ class TableReader:
             raw = self._fetch(pa)
             v0 = linear.whole(raw, level)        # 0 for an all-zero page (not present)
             if not v0:
-                self._keep(pa, None if raw == _ZERO else memoryview(raw).cast("Q"))
+                self._keep(pa, raw)
         if len(self.linear) >= self._linear_limit:
             self.linear.clear()
         self.linear[key] = v0
@@ -120,10 +119,13 @@ class TableReader:
         self.reads += 1
         return bytes(raw)
 
-    def _keep(self, pa: int, arr: Optional[memoryview]) -> None:
+    def _keep(self, pa: int, raw: bytes) -> Optional[memoryview]:
+        """Cache the page read at ``pa`` as its uint64 view (None when all zero)."""
+        arr = None if raw == _ZERO else memoryview(raw).cast("Q")
         if len(self._cache) >= self._limit:
             self._cache.popitem(last=False)
         self._cache[pa] = arr
+        return arr
 
 
 def _eff(prev: int, val: int, first: bool) -> int:
@@ -224,7 +226,6 @@ class Walker:
         # decided here without a call per table, and consecutive ones reported as one run.
         clevel = level + 1
         fast = clevel in _LEAFY
-        lin = self.reader.linear
         tmask = x86.PTE_PFN_MASK & self.phys_mask
         pend = False
         pva = pv0 = pn = peff = pflags = 0
@@ -234,12 +235,10 @@ class Walker:
             va = base + (i << shift)
             if fast and val & P and not val & PSE and lo <= va and va + size <= hi:
                 child = val & tmask
-                v0 = lin.get(child * 8 + clevel)
-                if v0 is None:
-                    try:
-                        v0 = self.reader.leaf_run(child, clevel)
-                    except TableFault:
-                        v0 = 0     # walked the ordinary way below, which records the fault
+                try:
+                    v0 = self.reader.leaf_run(child, clevel)     # memoised
+                except TableFault:
+                    v0 = 0     # walked the ordinary way below, which records the fault
                 if v0 and self._budget > 0 and child not in path:
                     self._budget -= 1
                     # same table-entry flags -> same effective protection for the child
