@@ -53,12 +53,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_target(p: argparse.ArgumentParser, embedded: bool = False) -> None:
     if embedded:       # inside drgn (%mmrwatch): the program is already open
         return
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--vmcore", metavar="PATH", help="crash dump: ELF (/proc/vmcore, QEMU) "
-                   "or kdump-compressed (makedumpfile)")
-    g.add_argument("--live", action="store_true", help="the running kernel (/proc/kcore)")
-    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: "
-                   "/usr/lib/debug/boot/vmlinux-RELEASE and the other standard places)")
+    from . import targetopts
+    targetopts.add(p)
 
 
 def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
@@ -127,10 +123,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):
-    from mmrwatch.collectors import target
     if getattr(args, "target", None) is not None:      # set by the drgn command
         return args.target
-    return target.open_target(args.vmcore, args.vmlinux)
+    from . import targetopts
+    return targetopts.open_target(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def render(doc: dict[str, Any]) -> str:
     out += ["## Kernel", ""] + _table(["", ""], [
         ["release", k["release"]], ["build-id", t["build_id"] or "not recorded"],
         ["target", f"`{t['path']}` ({t['format']}{', live' if t['live'] else ''})"],
-        ["debug info", f"`{t['vmlinux']}`" if t["vmlinux"] else "(loaded by drgn)"], ["paging", f"{k['paging_levels']}-level"],
+        ["debug info", _debug_info(t["debug_info"])], ["paging", f"{k['paging_levels']}-level"],
         ["direct map", f"`{k['page_offset_base']}`"], ["KASLR offset", f"`{k['kaslr_offset']}`"]])
     uv = doc.get("uv")
     if uv:
@@ -83,3 +83,9 @@ def _crash(c: dict[str, Any]) -> list[str]:
     if c["log_excerpt"]:
         out += ["```"] + c["log_excerpt"] + ["```", ""]
     return out
+
+
+def _debug_info(d: dict) -> str:
+    if d["types"] == "dwarf":
+        return f"DWARF `{d['types_path']}`"
+    return f"BTF `{d['types_path']}`, symbols: {d['symbols']} `{d['symbols_path']}`"

@@ -26,12 +26,8 @@ EXIT_CODES = """exit codes (Nagios plugin API):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--live", action="store_true", default=True,
-                   help="check the running kernel (default)")
-    g.add_argument("--vmcore", metavar="PATH", help="check a crash dump instead")
-    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: the "
-                   "standard places)")
+    from . import targetopts
+    targetopts.add(p, live_default=True, vmcore_help="check a crash dump instead")
     p.add_argument("--ranges", metavar="FILE", type=Path, help="extra ranges (TOML)")
     p.add_argument("--timeout", type=float, default=50.0, metavar="SECONDS",
                    help="deadline of the check (default 50, under NRPE's 60)")
@@ -51,12 +47,14 @@ def line(code: int, text: str, snap: Snapshot | None = None) -> str:
 
 def run(args: argparse.Namespace) -> tuple[int, str]:
     """Run the check; return (exit code, output).  Raises the collectors' errors."""
-    from mmrwatch.collectors import engine, target
+    from mmrwatch.collectors import engine
+
+    from . import targetopts
     from mmrwatch.collectors.pagetable import WalkTimeout
     sources = engine.default_sources(args.ranges)
     t0 = time.time()
     deadline = time.monotonic() + args.timeout
-    tgt = target.open_target(args.vmcore, args.vmlinux)
+    tgt = targetopts.open_target(args)
     try:
         res = engine.run_check(tgt, sources, deadline=deadline)
         unconfirmed = engine.confirm(res, deadline)

@@ -81,6 +81,23 @@ def crash_lines(c: Crash) -> list[str]:
     return out
 
 
+def debug_info_dict(t) -> dict[str, str]:
+    """Where the target's types and symbols came from (DWARF, or BTF + kallsyms/System.map)."""
+    d = t.debuginfo
+    if d is None:
+        return {"types": "dwarf", "types_path": t.vmlinux or "(loaded by drgn)",
+                "symbols": "dwarf", "symbols_path": t.vmlinux or "(loaded by drgn)"}
+    return {"types": d.types, "types_path": d.types_path, "symbols": d.symbols,
+            "symbols_path": d.symbols_path}
+
+
+def debug_info_line(t) -> str:
+    d = debug_info_dict(t)
+    if d["types"] == "dwarf":
+        return f"DWARF {d['types_path']}"
+    return f"BTF {d['types_path']}; symbols: {d['symbols']} {d['symbols_path']}"
+
+
 def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) -> str:
     """The human report: verdict, crash, kernel identity, address spaces, ranges, errors."""
     k, t = res.facts, res.target
@@ -93,7 +110,7 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
             f"  release        {k.release}",
             f"  build-id       {t.build_id or 'not recorded in the dump'}",
             f"  target         {t.path} ({t.fmt}{', live' if t.live else ''})",
-            f"  debug info     {t.vmlinux or '(loaded by drgn)'}",
+            f"  debug info     {debug_info_line(t)}",
             f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
             f"KASLR offset {_hex(k.kaslr_offset)}",
             f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
@@ -183,7 +200,7 @@ def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
         "verdict": res.verdict,
         "verdict_text": verdict_line(res),
         "target": {"path": t.path, "format": t.fmt, "live": t.live, "vmlinux": t.vmlinux,
-                   "build_id": t.build_id},
+                   "build_id": t.build_id, "debug_info": debug_info_dict(t)},
         "kernel": {"release": k.release, "paging_levels": k.levels,
                    "page_offset_base": _hex(k.page_offset_base),
                    "kaslr_offset": _hex(k.kaslr_offset), "phys_base": _hex(k.phys_base),

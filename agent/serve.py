@@ -32,13 +32,9 @@ class ServeError(Exception):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--live", action="store_true", default=True,
-                   help="check the running kernel through /proc/kcore (default)")
-    g.add_argument("--vmcore", metavar="PATH",
-                   help="serve the metrics of a crash dump instead (to try rules/dashboards)")
-    p.add_argument("--vmlinux", metavar="PATH", help="kernel debug info (default: the "
-                   "standard places for the running kernel's release)")
+    from . import targetopts
+    targetopts.add(p, live_default=True, vmcore_help="serve the metrics of a crash dump "
+                   "instead (to try rules/dashboards)")
     p.add_argument("--ranges", metavar="FILE", type=Path,
                    help="extra ranges to check (TOML, see README); re-read on SIGHUP")
     p.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
@@ -109,8 +105,8 @@ class Daemon:
                  "TLS" if self.web_cfg.ssl_context else "plain HTTP")
 
     def _open(self):
-        from mmrwatch.collectors import target
-        return target.open_target(self.args.vmcore, self.args.vmlinux)
+        from . import targetopts
+        return targetopts.open_target(self.args)
 
     def _sources(self):
         from mmrwatch.collectors import engine

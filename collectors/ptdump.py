@@ -24,6 +24,7 @@ from .x86 import G, NX, P, PAT_4K, PAT_LARGE, PCD, PSE, PWT, RW, US
 
 _UNITS = "BKMGTPE"
 _END = 1 << 64
+_MAX_MARKERS = 64           # x86 has about 20
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,15 @@ def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
     arr = lookup(prog, "address_markers")
     if arr is not None:
         out = []
-        for m in arr:
+        # DWARF knows the array's length; BTF-declared it is incomplete: both end at the
+        # kernel's terminator { -1, NULL } (a bound keeps garbage from running on)
+        n = arr.type_.length if arr.type_.length is not None else _MAX_MARKERS
+        for i in range(min(n, _MAX_MARKERS)):
+            m = arr[i]
             name = m.name.string_().decode() if m.name.value_() else None
             out.append(Marker(m.start_address.value_(), name, int(m.max_lines)))
+            if name is None and m.start_address.value_() == _END - 1:
+                break
         return out
     l5 = facts.levels == 5
     shift = 48 if l5 else 39

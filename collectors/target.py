@@ -11,21 +11,15 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import drgn
 
-NOINPUT, DATA, DEBUGINFO, PERMISSION = "noinput", "data", "debuginfo", "permission"
+from . import debuginfo
+from .debuginfo import DebugInfo, Request
+from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError
+
 KCORE = "/proc/kcore"
-
-
-class TargetError(Exception):
-    """A target that cannot be used; ``kind`` selects the exit code."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass
@@ -36,43 +30,9 @@ class Target:
     path: str
     live: bool
     fmt: str                    # "elf", "kdump", "live"
-    vmlinux: Optional[str]
+    vmlinux: Optional[str]      # the DWARF file, when types came from DWARF
     build_id: Optional[str]     # the kernel's, when it says
-
-
-def debuginfo_candidates(release: str) -> list[Path]:
-    """Where distributions put vmlinux for ``release`` (first match wins)."""
-    return [Path(f"/usr/lib/debug/boot/vmlinux-{release}"),
-            Path(f"/usr/lib/debug/lib/modules/{release}/vmlinux"),
-            Path(f"/boot/vmlinux-{release}")]
-
-
-def elf_build_id(path: Path) -> Optional[str]:
-    """The GNU build-id note of an ELF file, as hex (None if it has none)."""
-    with open(path, "rb") as f:
-        eh = f.read(64)
-        if eh[:4] != b"\x7fELF" or eh[4] != 2:
-            return None
-        shoff, = struct.unpack_from("<Q", eh, 0x28)
-        shentsize, shnum = struct.unpack_from("<HH", eh, 0x3A)
-        f.seek(shoff)
-        shdrs = f.read(shentsize * shnum)
-        for i in range(shnum):
-            sh_type, = struct.unpack_from("<I", shdrs, i * shentsize + 4)
-            if sh_type != 7:  # SHT_NOTE
-                continue
-            off, size = struct.unpack_from("<QQ", shdrs, i * shentsize + 0x18)
-            f.seek(off)
-            notes = f.read(min(size, 1 << 16))
-            pos = 0
-            while pos + 12 <= len(notes):
-                nsz, dsz, typ = struct.unpack_from("<III", notes, pos)
-                name = notes[pos + 12:pos + 12 + nsz]
-                dpos = pos + 12 + ((nsz + 3) & ~3)
-                if typ == 3 and name.rstrip(b"\0") == b"GNU":
-                    return notes[dpos:dpos + dsz].hex()
-                pos = dpos + ((dsz + 3) & ~3)
-    return None
+    debuginfo: Optional[DebugInfo] = None   # where types and symbols came from
 
 
 def _sniff(path: str) -> str:
@@ -120,45 +80,18 @@ def _check_elf_size(path: str, eh: bytes, size: int) -> None:
         raise TargetError(DATA, f"{path}: truncated: segments need {need} bytes, file has {size}")
 
 
-def _load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> tuple[str, Optional[str]]:
-    release = prog["UTS_RELEASE"].string_().decode()
-    vmci = prog["VMCOREINFO"].string_().decode(errors="replace")
-    kbid = next((ln.split("=", 1)[1].strip() for ln in vmci.splitlines()
-                 if ln.startswith("BUILD-ID=")), None)
-    if vmlinux is None:
-        found = [p for p in debuginfo_candidates(release) if p.exists()]
-        if not found:
-            looked = ", ".join(str(p) for p in debuginfo_candidates(release))
-            raise TargetError(DEBUGINFO, f"no debug info for kernel {release}: pass --vmlinux "
-                                         f"PATH (looked in {looked})")
-        vmlinux = str(found[0])
-    if not os.path.exists(vmlinux):
-        raise TargetError(NOINPUT, f"{vmlinux}: no such file")
-    try:
-        fbid = elf_build_id(Path(vmlinux))
-    except PermissionError:
-        raise TargetError(PERMISSION, f"{vmlinux}: permission denied") from None
-    except OSError as e:
-        raise TargetError(DEBUGINFO, f"{vmlinux}: unreadable: {e.strerror}") from None
-    if fbid is None:
-        raise TargetError(DEBUGINFO, f"{vmlinux}: not an ELF file with a build-id")
-    if kbid and fbid != kbid:
-        raise TargetError(DEBUGINFO, f"{vmlinux}: build-id {fbid[:16]}... does not match the "
-                                     f"kernel's {kbid[:16]}... (release {release})")
-    try:
-        prog.load_debug_info([vmlinux])
-    except drgn.MissingDebugInfoError:
-        raise TargetError(DEBUGINFO, f"{vmlinux}: does not match kernel {release} "
-                                     "(drgn rejected it)") from None
-    try:
-        prog.type("struct mm_struct")
-    except LookupError:
-        raise TargetError(DEBUGINFO, f"{vmlinux}: has no DWARF type information") from None
-    return vmlinux, kbid
+def _load(prog: drgn.Program, req: Request, live: bool) -> tuple[DebugInfo, Optional[str]]:
+    info = debuginfo.load(prog, req, live)
+    bid = debuginfo.vmcoreinfo(prog).get("BUILD-ID", "").strip() or None
+    return info, bid
 
 
-def open_vmcore(path: str, vmlinux: Optional[str] = None) -> Target:
-    """Open a crash dump and load matching debug info."""
+def _request(vmlinux: Optional[str], req: Optional[Request]) -> Request:
+    return req if req is not None else Request(vmlinux=vmlinux)
+
+
+def open_vmcore(path: str, vmlinux: Optional[str] = None, req: Optional[Request] = None) -> Target:
+    """Open a crash dump and load matching types and symbols (``req``, default auto)."""
     fmt = _sniff(path)
     prog = drgn.Program()
     try:
@@ -168,11 +101,15 @@ def open_vmcore(path: str, vmlinux: Optional[str] = None) -> Target:
             from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise TargetError(DATA, f"{path}: a core dump, but not of a Linux kernel (no VMCOREINFO)")
-    vml, bid = _load_debug_info(prog, vmlinux)
-    return Target(prog, path, False, fmt, vml, bid)
+    info, bid = _load(prog, _request(vmlinux, req), False)
+    return Target(prog, path, False, fmt, _dwarf_path(info), bid, info)
 
 
-def open_live(vmlinux: Optional[str] = None) -> Target:
+def _dwarf_path(info: DebugInfo) -> Optional[str]:
+    return info.types_path if info.types == debuginfo.DWARF else None
+
+
+def open_live(vmlinux: Optional[str] = None, req: Optional[Request] = None) -> Target:
     """Open the running kernel through /proc/kcore (root + CAP_SYS_RAWIO)."""
     prog = drgn.Program()
     try:
@@ -185,27 +122,32 @@ def open_live(vmlinux: Optional[str] = None) -> Target:
                                       "CAP_SYS_RAWIO, and no lockdown=confidentiality)") from None
     except (ValueError, OSError) as e:
         raise TargetError(DATA, f"{KCORE}: cannot open: {str(e).splitlines()[0]}") from None
-    vml, bid = _load_debug_info(prog, vmlinux)
-    return Target(prog, KCORE, True, "live", vml, bid)
+    info, bid = _load(prog, _request(vmlinux, req), True)
+    return Target(prog, KCORE, True, "live", _dwarf_path(info), bid, info)
 
 
-def open_target(vmcore: Optional[str], vmlinux: Optional[str] = None) -> Target:
+def open_target(vmcore: Optional[str], vmlinux: Optional[str] = None,
+                req: Optional[Request] = None) -> Target:
     """The dump at ``vmcore`` if given, else the running kernel."""
-    return open_vmcore(vmcore, vmlinux) if vmcore else open_live(vmlinux)
+    return open_vmcore(vmcore, vmlinux, req) if vmcore else open_live(vmlinux, req)
 
 
 def from_program(prog: drgn.Program) -> Target:
-    """A target for a program someone else opened (drgn's CLI, with its debug info)."""
+    """A target for a program someone else opened (drgn's CLI): its debug info if it has
+    DWARF loaded, else BTF + kallsyms loaded into it now."""
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise TargetError(DATA, "this drgn program is not a Linux kernel")
+    live = bool(prog.flags & drgn.ProgramFlags.IS_LIVE)
     try:
         prog.type("struct mm_struct")
+        info = DebugInfo(debuginfo.DWARF, "(loaded by drgn)", debuginfo.DWARF, "(loaded by drgn)")
     except LookupError:
-        raise TargetError(DEBUGINFO, "drgn has no kernel debug info loaded (use -s vmlinux)") \
-            from None
-    live = bool(prog.flags & drgn.ProgramFlags.IS_LIVE)
-    vmci = prog["VMCOREINFO"].string_().decode(errors="replace")
-    bid = next((ln.split("=", 1)[1].strip() for ln in vmci.splitlines()
-                if ln.startswith("BUILD-ID=")), None)
+        try:
+            info = debuginfo.load_btf(prog, Request(mode=debuginfo.BTF), live,
+                                      debuginfo.vmcoreinfo(prog))
+        except TargetError as e:
+            raise TargetError(DEBUGINFO, f"drgn has no kernel debug info loaded and {e} "
+                              "(or use drgn -s vmlinux)") from None
+    bid = debuginfo.vmcoreinfo(prog).get("BUILD-ID", "").strip() or None
     return Target(prog, KCORE if live else "(opened by drgn)", live, "live" if live else "elf",
-                  None, bid)
+                  None, bid, info)

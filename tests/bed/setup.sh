@@ -28,8 +28,10 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-say "installing mmrwatch into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check '.[test,web]'
+# editable: the tests, the demo and the guests (which see this repo at the same path) run
+# the working tree, never a copy installed before the last edit
+say "installing mmrwatch into .venv (editable)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web]'
 
 if [ -n "${MMRWATCH_DEFER_UV:-}" ]; then
   exit 0          # tests/run provisions: the UV kernel build beside downloads and tests
