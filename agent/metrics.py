@@ -125,8 +125,10 @@ class MmrwatchCollector:
         for sev, n in (sorted(s.findings.items()) if s else ()):
             m.add_metric([sev], n)
         yield m
-        kernel = {"release": s.kernel_release, "paging_levels": str(s.paging_levels)} if s else {}
-        yield InfoMetricFamily(f"{NS}_kernel", "The checked kernel" + CACHED + ".", value=kernel)
+        kernel = {"release": s.kernel_release, "paging_levels": str(s.paging_levels),
+                  "types": s.types, "symbols": s.symbols} if s else {}
+        yield InfoMetricFamily(f"{NS}_kernel", "The checked kernel and where its types (btf|dwarf) "
+                              "and symbols came from" + CACHED + ".", value=kernel)
         uv = {k: str(v) for k, v in (s.uv if s else {}).items()
               if k in ("state", "hub", "revision")}
         yield InfoMetricFamily(f"{NS}_uv", "UV system kind" + CACHED + ".", value=uv or None)

@@ -52,6 +52,8 @@ class Snapshot:
     mms: dict[str, str]            # mm -> "table" | reason it has none
     uv: dict[str, object] = field(default_factory=dict)
     table_reads: int = 0
+    types: str = ""                # where types came from: "btf" | "dwarf"
+    symbols: str = ""              # "kallsyms" | "proc-kallsyms" | "system-map" | "dwarf"
 
     def mismatched(self, mm: str) -> int:
         return sum(mm in r.mismatched_mms for r in self.ranges)
@@ -112,6 +114,8 @@ def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snaps
         (f for f in res.findings if f.problem),
         key=lambda f: (-SEVERITY_ORDER[f.severity], f.range.phys, f.mm)))
     mms = {name: ("table" if s.has_table else s.reason) for name, s in res.spaces.items()}
+    info = res.target.debuginfo
     return Snapshot(started, res.seconds, res.verdict, states, problems, counts, unconfirmed,
                     res.facts.release, res.facts.levels, mms, dict(res.summaries.get("uv", {})),
-                    res.table_reads)
+                    res.table_reads, info.types if info else "dwarf",
+                    info.symbols if info else "dwarf")

@@ -71,6 +71,7 @@ class BTF:
         self._enumerators: Optional[dict[str, tuple[int, int]]] = None
         self._percpu: Optional[dict[str, int]] = None
         self._records: dict[int, Record] = {}
+        self._offsets: dict[str, Optional[int]] = {}
 
     # --- layout -----------------------------------------------------------------------
     def _parse_header(self) -> None:
@@ -98,32 +99,51 @@ class BTF:
             raise BTFError(f"{self.origin}: corrupt string section")
 
     def _index(self) -> None:
-        """One pass: where each record starts, and which records carry which name."""
+        """One pass: where each record starts, and which records carry which name.
+
+        This loop is the whole cost of opening BTF (~130k records), hence the flat tables
+        indexed by kind and the int-or-tuple values (lists only where names collide)."""
         w, n = self._words, len(self._words)
+        fixed, per = [0] * 32, [0] * 32
+        valid, named = [False] * 32, [False] * 32
+        for k in KIND_NAMES:
+            fixed[k] = 3 + _EXTRA_FIXED.get(k, 0)
+            per[k] = _EXTRA_PER_ITEM.get(k, 0)
+            valid[k], named[k] = True, k in _NAMED
         starts = [0]                         # type id 0 is void
-        by_name: dict[int, list[int]] = {}
+        append = starts.append
+        by_name: dict[int, object] = {}
+        get = by_name.get
         enums: list[int] = []
         pos = 0
         while pos < n:
-            if pos + 3 > n:
-                raise BTFError(f"{self.origin}: truncated type record {len(starts)}")
-            info = w[pos + 1]
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            if kind not in KIND_NAMES:
+            info = w[pos + 1] if pos + 3 <= n else self._truncated(len(starts))
+            kind = (info >> 24) & 0x1F
+            if not valid[kind]:
                 raise BTFError(f"{self.origin}: type {len(starts)} has unknown kind {kind}")
-            tid = len(starts)
-            starts.append(pos)
-            name_off = w[pos]
-            if name_off and kind in _NAMED:
-                by_name.setdefault(name_off, []).append(tid)
-            if kind in (ENUM, ENUM64):
-                enums.append(tid)
-            pos += 3 + _EXTRA_FIXED.get(kind, 0) + _EXTRA_PER_ITEM.get(kind, 0) * vlen
-            if len(starts) > MAX_TYPES:
-                raise BTFError(f"{self.origin}: more than {MAX_TYPES} types: not kernel BTF")
+            if named[kind]:
+                no = w[pos]
+                if no:
+                    tid = len(starts)
+                    had = get(no)
+                    by_name[no] = tid if had is None else (
+                        (had, tid) if type(had) is int else had + (tid,))  # noqa: E721
+            append(pos)
+            pos += fixed[kind] + per[kind] * (info & 0xFFFF)
+            if kind == ENUM or kind == ENUM64:
+                enums.append(len(starts) - 1)
+        if len(starts) > MAX_TYPES:
+            raise BTFError(f"{self.origin}: more than {MAX_TYPES} types: not kernel BTF")
         if pos != n:
             raise BTFError(f"{self.origin}: last type record runs past the type section")
         self._starts, self._by_name, self._enum_ids = starts, by_name, enums
+
+    def _truncated(self, tid: int) -> int:
+        raise BTFError(f"{self.origin}: truncated type record {tid}")
+
+    def _named(self, name_off: int) -> tuple[int, ...]:
+        hit = self._by_name.get(name_off)
+        return () if hit is None else (hit,) if type(hit) is int else hit  # type: ignore
 
     @property
     def count(self) -> int:
@@ -141,9 +161,12 @@ class BTF:
         return s[off:end].decode("utf-8", "replace")
 
     def _name_offset(self, name: str) -> Optional[int]:
-        """Where ``name`` sits in the (deduplicated) string section, if anywhere."""
-        i = self._strings.find(b"\0" + name.encode() + b"\0")
-        return None if i < 0 else i + 1
+        """Where ``name`` sits in the (deduplicated) string section, if anywhere (a scan of
+        a few MB, so remembered: drgn asks for the same names again and again)."""
+        if name not in self._offsets:
+            i = self._strings.find(b"\0" + name.encode() + b"\0")
+            self._offsets[name] = None if i < 0 else i + 1
+        return self._offsets[name]
 
     # --- records ----------------------------------------------------------------------
     def record(self, tid: int) -> Record:
@@ -169,7 +192,7 @@ class BTF:
         if off is None:
             return []
         want = set(kinds)
-        return [t for t in self._by_name.get(off, ()) if self.record(t).kind in want]
+        return [t for t in self._named(off) if self.record(t).kind in want]
 
     def enumerator(self, name: str) -> Optional[tuple[int, int]]:
         """(enum type id, value) of an enumerator constant such as ``desc_committed``."""

@@ -49,24 +49,69 @@ def report_on_dump(guest, boot, tag: str, also=None, paused: bool = False):
     """Pause the guest (unless it already is), dump it, resume it, and run ``mmrwatch
     report --format json`` on the dump; ``also(dump)`` runs before the dump is deleted.
     Returns (parsed JSON, exit code)."""
-    import json
     if not paused:
         guest.pause()
     try:
         dump = guest.dump(boot.dir / f"{tag}.elf")
     finally:
         guest.resume()
-    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(boot.kernel.vmlinux),
-                   "--format", "json")
+    doc, rc = report_both(["--vmcore", str(dump)], boot.kernel.vmlinux)
     if also is not None:
         also(dump)
     dump.unlink()
-    return json.loads(res.stdout), res.returncode
+    return doc, rc
 
 
 def report_live(guest, boot):
     """``mmrwatch report --live`` inside the guest, on its /proc/kcore: (JSON or stderr, rc)."""
     import json
-    rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                             f"{boot.kernel.vmlinux} --format json", timeout=900, check=False)
-    return (json.loads(out) if out.strip() else err), rc
+    runs = {}
+    for mode in ("dwarf", "btf"):
+        src = f"--vmlinux {boot.kernel.vmlinux}" if mode == "dwarf" else "--debug-info btf"
+        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live {src} "
+                                 "--format json", timeout=900, check=False)
+        runs[mode] = ((json.loads(out) if out.strip() else err), rc)
+    (dw, rc_dw), (bt, rc_bt) = runs["dwarf"], runs["btf"]
+    assert rc_dw == rc_bt, (rc_dw, rc_bt, dw if rc_dw > 2 else "", bt if rc_bt > 2 else "")
+    if isinstance(bt, dict):
+        assert bt["target"]["debug_info"]["types"] == "btf"
+        assert live_view(dw) == live_view(bt)
+    return bt, rc_bt
+
+
+def without_debuginfo(doc: dict) -> dict:
+    """A report minus what legitimately depends on the source of types and symbols (the
+    source itself) and on timing: what must be identical with DWARF and with BTF."""
+    import copy
+    d = copy.deepcopy(doc)
+    d.pop("stats", None)
+    d["target"].pop("vmlinux", None)
+    d["target"].pop("debug_info", None)
+    return d
+
+
+def live_view(doc: dict) -> dict:
+    """What two live reports a few seconds apart must agree on (a live kernel's vmalloc
+    space changes between them; the checked ranges' verdicts do not)."""
+    return {"verdict": doc["verdict"], "summary": doc["summary"], "uv": doc.get("uv"),
+            "spaces": doc["address_spaces"],
+            "ranges": sorted((r["name"], e["mm"], e["rule"], e["status"], e["mapped_bytes"])
+                             for r in doc["ranges"] for e in r["expectations"])}
+
+
+def report_both(args: list, vmlinux, fmt: str = "json"):
+    """``mmrwatch report`` with DWARF (``--vmlinux``) and without (``--debug-info btf``):
+    identical findings, byte counts, UV summary and crash verdict (issue 13).  Returns the
+    BTF run's (parsed JSON or text, exit code)."""
+    import json
+    dw = mmrwatch("report", *args, "--vmlinux", str(vmlinux), "--format", fmt)
+    bt = mmrwatch("report", *args, "--debug-info", "btf", "--format", fmt)
+    assert dw.returncode == bt.returncode, (dw.returncode, bt.returncode, dw.stderr, bt.stderr)
+    if fmt != "json":            # the same content as the JSON compared below
+        return bt.stdout, bt.returncode
+    if bt.returncode > 2:
+        return bt.stderr, bt.returncode
+    a, b = json.loads(dw.stdout), json.loads(bt.stdout)
+    assert b["target"]["debug_info"]["types"] == "btf", b["target"]
+    assert without_debuginfo(a) == without_debuginfo(b)
+    return b, bt.returncode

@@ -1,9 +1,7 @@
 """A real kdump (crashkernel=, kexec -p, sysrq-c, makedumpfile in the capture kernel)."""
-import json
-
 import pytest
 
-from tests.conftest import mmrwatch
+from tests.conftest import report_both
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
@@ -18,10 +16,9 @@ def test_real_kdump_reads_like_the_live_dump(bed):
     assert "crashkernel=192M" in b.facts["cmdline"]
     with open(b.real_kdump, "rb") as f:
         assert f.read(8) == b"KDUMP   "          # makedumpfile -c output, not flattened
-    real = json.loads(mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux",
-                               str(b.kernel.vmlinux), "--format", "json", check_rc=0).stdout)
-    before = json.loads(mmrwatch("report", "--vmcore", str(b.elf), "--vmlinux",
-                                 str(b.kernel.vmlinux), "--format", "json", check_rc=0).stdout)
+    real, rc_real = report_both(["--vmcore", str(b.real_kdump)], b.kernel.vmlinux)
+    before, rc_before = report_both(["--vmcore", str(b.elf)], b.kernel.vmlinux)
+    assert rc_real == rc_before == 0
     assert real["target"]["format"] == "kdump"
     assert real["kernel"]["page_offset_base"] == before["kernel"]["page_offset_base"]
     assert real["address_spaces"]["efi_mm"]["state"] == "table"

@@ -1,6 +1,4 @@
 """The same check run live inside the guest, on its own /proc/kcore, agrees with a dump."""
-import json
-
 import pytest
 
 from tests.bed.boots import NET_PORT
@@ -30,7 +28,7 @@ def _fetch(url: str, timeout: float = 120) -> str:
 
 def test_live_check_in_guest_agrees_with_dump(bed):
     import sys
-    from tests.conftest import mmrwatch
+    from tests.conftest import report_both, report_live
     live = {}
 
     def in_guest(guest, res):
@@ -38,9 +36,8 @@ def test_live_check_in_guest_agrees_with_dump(bed):
         guest.run(f"cd /tmp && echo mmrwatch-guest > hello && nohup {sys.executable} -m "
                   "http.server 19864 --bind 0.0.0.0 > /dev/null 2>&1 &")
         live["http"] = _fetch(f"http://127.0.0.1:{NET_PORT}/hello")
-        rc, out, err = guest.run(f"{sys.executable} -m mmrwatch report --live --vmlinux "
-                                 f"{res.kernel.vmlinux} --format json", timeout=600, check=False)
-        live.update(rc=rc, out=out, err=err)
+        doc, rc = report_live(guest, res)       # DWARF and BTF, compared
+        live.update(rc=rc, doc=doc)
         guest.pause()
         try:
             guest.dump(res.dir / "after-live.elf")
@@ -48,12 +45,13 @@ def test_live_check_in_guest_agrees_with_dump(bed):
             guest.resume()
 
     b = bed.boot("uv-l5", keep=in_guest)
-    assert live["rc"] == 0, live["err"][-2000:]
-    doc = json.loads(live["out"])
+    assert live["rc"] == 0, live["doc"]
+    doc = live["doc"]
     assert doc["target"]["live"] is True and doc["target"]["path"] == "/proc/kcore"
-    dumped = json.loads(mmrwatch("report", "--vmcore", str(b.dir / "after-live.elf"),
-                                 "--vmlinux", str(b.kernel.vmlinux), "--format", "json",
-                                 check_rc=0).stdout)
+    assert doc["target"]["debug_info"]["symbols"] == "kallsyms"   # in memory, via kcore
+    assert doc["target"]["debug_info"]["types_path"] == "/sys/kernel/btf/vmlinux"
+    dumped, rc = report_both(["--vmcore", str(b.dir / "after-live.elf")], b.kernel.vmlinux)
+    assert rc == 0
     assert doc["kernel"]["page_offset_base"] == dumped["kernel"]["page_offset_base"]
     assert doc["address_spaces"] == dumped["address_spaces"]
     assert _summary(doc) == _summary(dumped)

@@ -15,12 +15,14 @@ pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
 @pytest.mark.parametrize("boot", ["uv-l5", "uv-l4"])
 @pytest.mark.parametrize("mm", ["kernel", "efi"])
-def test_ptdump_identical_to_kernel(bed, boot, mm):
+@pytest.mark.parametrize("types", ["dwarf", "btf"])
+def test_ptdump_identical_to_kernel(bed, boot, mm, types):
+    """With DWARF and with BTF + kallsyms alike (the address markers come from memory)."""
     b = bed.boot(boot)
     truth = b.truth[mm]
     assert truth.startswith("---[ User Space ]---"), truth[:200]
-    res = mmrwatch("ptdump", "--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux),
-                   "--mm", mm, check_rc=0)
+    src = ["--vmlinux", str(b.kernel.vmlinux)] if types == "dwarf" else ["--debug-info", "btf"]
+    res = mmrwatch("ptdump", "--vmcore", str(b.elf), *src, "--mm", mm, check_rc=0)
     diff = "\n".join(difflib.unified_diff(truth.splitlines(), res.stdout.splitlines(),
                                          "kernel", "mmrwatch", lineterm="", n=1))
     assert res.stdout == truth, diff[:5000]

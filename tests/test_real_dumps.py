@@ -7,17 +7,17 @@ import json
 
 import pytest
 
-from tests.conftest import mmrwatch
+from tests.conftest import mmrwatch, report_both
 
 pytestmark = pytest.mark.realkernel
 OVMF_FLASH = 0xFFC00000
 
 
 def report(dump, vmlinux, *extra):
-    res = mmrwatch("report", "--vmcore", str(dump), "--vmlinux", str(vmlinux), "--format", "json",
-                   *extra)
-    assert res.returncode in (0, 1, 2), res.stderr
-    return json.loads(res.stdout), res.returncode
+    """The JSON report, identical with DWARF and with BTF + kallsyms (returns BTF's)."""
+    doc, rc = report_both(["--vmcore", str(dump), *extra], vmlinux)
+    assert rc in (0, 1, 2), doc
+    return doc, rc
 
 
 def runtime_entries(b) -> int:
