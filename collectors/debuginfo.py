@@ -83,17 +83,16 @@ def load(prog: drgn.Program, req: Request, live: bool) -> DebugInfo:
         except TargetError as no_dwarf:
             if no_dwarf.kind != DEBUGINFO or "no debug info" not in str(no_dwarf):
                 raise
-            raise TargetError(no_btf.kind, f"{no_btf}; {_how_to(vmci, live)}") from None
+            raise TargetError(no_btf.kind, f"{no_btf}, and no vmlinux in the standard places: "
+                                           f"{_how_to(vmci, live)}") from None
 
 
 def _how_to(vmci: dict[str, str], live: bool) -> str:
-    release = vmci.get("OSRELEASE", "?")
+    """The remedy, in the user's terms (which file, from which package)."""
     if not symbols.has_builtin_kallsyms(vmci) and not live:
-        return (f"kernel {release} predates kallsyms in VMCOREINFO (Linux 6.0): pass "
-                "--system-map PATH (RHEL/SLES: /boot/System.map-RELEASE; Debian: the "
+        return ("pass --system-map PATH (RHEL/SLES: /boot/System.map-RELEASE; Debian: the "
                 "linux-image-RELEASE-dbg package) or --vmlinux PATH")
-    return (f"and no vmlinux for kernel {release}: pass --btf PATH or --vmlinux PATH "
-            "(the kernel's debug package)")
+    return "pass --btf PATH, or --vmlinux PATH (the kernel's debug package)"
 
 
 # --- BTF + kallsyms -------------------------------------------------------------------
@@ -118,7 +117,7 @@ def _symbols(prog: drgn.Program, req: Request, live: bool,
         return symbols.load_builtin(prog, vmci), "kallsyms", "(in memory, via VMCOREINFO)"
     if live:
         return symbols.load_proc(), "proc-kallsyms", symbols.PROC_KALLSYMS
-    raise TargetError(DEBUGINFO, f"no symbols for kernel {vmci.get('OSRELEASE', '?')}: "
+    raise TargetError(DEBUGINFO, f"no symbols for kernel {vmci.get('OSRELEASE', '?')}: its "
                       "VMCOREINFO has no kallsyms (Linux before 6.0)")
 
 

@@ -54,6 +54,10 @@ DECLARED: dict[str, str] = {
     "__cpu_possible_mask": "struct cpumask",
     "__cpu_present_mask": "struct cpumask",
     "__per_cpu_offset": "unsigned long []",        # [NR_CPUS]
+    # per-CPU (kernel/sched/core.c, arch/x86/mm/init.c): BTF's .data..percpu DATASEC has
+    # them when pahole emitted it (not in Debian 11's 5.10 BTF), so they are declared too
+    "runqueues": "struct rq",
+    "cpu_tlbstate": "struct tlb_state",
     # kernel/panic.c, arch/x86/kernel/reboot.c (crash path)
     "panic_cpu": "atomic_t",
     "crashing_cpu": "int",

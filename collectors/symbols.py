@@ -150,7 +150,9 @@ def load_system_map(path: str, vmcoreinfo: dict[str, str]) -> drgn.SymbolIndex:
 
 def _check_map(path: str, addrs: dict[str, int], vmcoreinfo: dict[str, str]) -> None:
     """Refuse a map whose symbols are not where this kernel says its own are."""
-    known = vmcoreinfo_symbols(vmcoreinfo)
+    # SYMBOL() is an address for symbols in the image; VMCOREINFO_SYMBOL_ARRAY() of a
+    # pointer (mem_section with SPARSEMEM_EXTREME) is the pointer's value: not comparable
+    known = {n: a for n, a in vmcoreinfo_symbols(vmcoreinfo).items() if a >= START_KERNEL_MAP}
     common = [n for n in known if n in addrs]
     if not common:
         raise SymbolError("debuginfo", f"{path}: shares no symbol with the kernel's VMCOREINFO: "

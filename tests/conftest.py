@@ -99,13 +99,13 @@ def live_view(doc: dict) -> dict:
                              for r in doc["ranges"] for e in r["expectations"])}
 
 
-def report_both(args: list, vmlinux, fmt: str = "json"):
-    """``mmrwatch report`` with DWARF (``--vmlinux``) and without (``--debug-info btf``):
-    identical findings, byte counts, UV summary and crash verdict (issue 13).  Returns the
-    BTF run's (parsed JSON or text, exit code)."""
+def report_both(args: list, vmlinux, fmt: str = "json", btf_args: tuple = ()):
+    """``mmrwatch report`` with DWARF (``--vmlinux``) and without (``--debug-info btf``
+    plus ``btf_args``, e.g. ``--system-map``): identical findings, byte counts, UV summary
+    and crash verdict (issue 13).  Returns the BTF run's (parsed JSON or text, exit code)."""
     import json
     dw = mmrwatch("report", *args, "--vmlinux", str(vmlinux), "--format", fmt)
-    bt = mmrwatch("report", *args, "--debug-info", "btf", "--format", fmt)
+    bt = mmrwatch("report", *args, "--debug-info", "btf", *btf_args, "--format", fmt)
     assert dw.returncode == bt.returncode, (dw.returncode, bt.returncode, dw.stderr, bt.stderr)
     if fmt != "json":            # the same content as the JSON compared below
         return bt.stdout, bt.returncode

@@ -61,8 +61,7 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
     def in_guest(guest, res):
         xfer = guest.xfer
         (xfer / "default-mmrwatch").write_text(
-            f'ARGS="--web.listen-address=0.0.0.0:19864 --interval 3 '
-            f'--vmlinux {res.kernel.vmlinux} --per-range mismatch"\n')
+            'ARGS="--web.listen-address=0.0.0.0:19864 --interval 3 --per-range mismatch"\n')
         (xfer / "override.conf").write_text(
             "[Service]\nEnvironmentFile=\nEnvironmentFile=/xfer/default-mmrwatch\n"
             "WatchdogSec=8s\n")
@@ -87,7 +86,8 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
             seen["plain"] = {
                 "ranges_uv": _value(prom, 'sum(mmrwatch_ranges{source="uv"}) or vector(0)'),
                 "efi": _value(prom, 'mmrwatch_ranges{source="efi-memmap"}'),
-                "uv": prom.query("mmrwatch_uv_info")[0]["metric"].get("state")}
+                "uv": prom.query("mmrwatch_uv_info")[0]["metric"].get("state"),
+                "kernel": prom.query("mmrwatch_kernel_info")[0]["metric"]}
             U.inject(guest, lambda gm: U.make_uv(gm, U.Personality("UV4")))
             prom.wait("the simulated UV4 hub", lambda: _value(prom, "mmrwatch_uv_blades") == 1,
                       timeout=300)
@@ -101,8 +101,7 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
                 prom, alertname="MmrwatchRangeNotMapped", range="LOCAL_MMR", mm="init_mm"),
                 timeout=300)
             seen["unmapped"] = _value(prom, 'mmrwatch_unmapped_bytes{mm="init_mm"}')
-            rc, out, _ = guest.run(f"{exe} check --vmlinux {res.kernel.vmlinux}", timeout=600,
-                                   check=False)
+            rc, out, _ = guest.run(f"{exe} check", timeout=600, check=False)
             seen["check_broken"] = (rc, out)
             U.inject(guest, _repair)
             prom.wait("the alert to resolve", lambda: not _firing(
@@ -121,7 +120,7 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
         guest.run("mkdir -p /tmp/tf && chmod 1777 /tmp/tf")
         guest.run(f"cd /tmp && nohup setpriv --reuid=65534 --regid=65534 --clear-groups "
                   f"--inh-caps=-all --bounding-set=-all {exe} serve --textfile "
-                  f"/tmp/tf/mmrwatch.prom --interval 1 --vmlinux {res.kernel.vmlinux} "
+                  f"/tmp/tf/mmrwatch.prom --interval 1 "
                   f"> /xfer/nobody.log 2>&1 & echo $! > /xfer/nobody.pid")
         guest.run("i=0; while [ ! -s /tmp/tf/mmrwatch.prom ] && [ $i -lt 120 ]; do sleep 1; "
                   "i=$((i+1)); done; sleep 3; cp /tmp/tf/mmrwatch.prom /xfer/nobody.prom; "
@@ -141,6 +140,9 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
     # not a UV machine yet: EFI runtime ranges only, UV kernel on non-UV hardware
     assert seen["plain"]["ranges_uv"] == 0 and seen["plain"]["efi"] >= 1
     assert seen["plain"]["uv"] == "uv-kernel-non-uv-hardware"
+    # no --vmlinux anywhere, none in the standard places: BTF + the kernel's own kallsyms
+    assert seen["plain"]["kernel"]["types"] == "btf"
+    assert seen["plain"]["kernel"]["symbols"] == "kallsyms"
     assert seen["healthy_alerts"] == []
     (alert,) = seen["fired"]
     assert alert["labels"]["severity"] == "critical"

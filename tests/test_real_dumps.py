@@ -159,3 +159,31 @@ def test_progress_only_on_a_terminal_and_never_on_stdout(bed):
     quiet = subprocess.run(cmd, capture_output=True, timeout=300)
     assert quiet.stderr == b"" and json.loads(quiet.stdout) == json.loads(p.stdout) | {
         "stats": json.loads(quiet.stdout)["stats"]}
+
+
+def test_kernel_before_6_0_without_dwarf_needs_its_system_map(bed):
+    """Debian 11's 5.10: no kallsyms in VMCOREINFO, so a dump needs --system-map (from the
+    -dbg package; the image package's is a placeholder); BTF comes from the dump itself.
+    With its own System.map the report equals the DWARF one; another kernel's map is
+    refused, and so is the placeholder."""
+    b = bed.boot("bullseye-l4")
+    k = b.kernel
+    assert k.release.startswith("5.10.")
+    doc, rc = report_both(["--vmcore", str(b.elf)], k.vmlinux,
+                          btf_args=("--system-map", str(k.system_map)))
+    assert rc == 0 and doc["target"]["debug_info"]["symbols"] == "system-map"
+    assert doc["target"]["debug_info"]["types_path"].startswith("(in the kernel image")
+    assert doc["address_spaces"]["efi_mm"]["state"] == "table"
+    for mm in ("kernel", "efi"):
+        pt = [mmrwatch("ptdump", "--vmcore", str(b.elf), *src, "--mm", mm, check_rc=0).stdout
+              for src in (["--vmlinux", str(k.vmlinux)], ["--system-map", str(k.system_map)])]
+        assert pt[0] == pt[1] and pt[0].startswith("---[ User Space ]---")
+    # auto without a vmlinux in the standard places: one line saying what to pass
+    res = mmrwatch("report", "--vmcore", str(b.elf), check_rc=69)
+    assert "--system-map" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    other = bed.kernel("debian").system_map              # Debian 12's 6.1
+    res = mmrwatch("report", "--vmcore", str(b.elf), "--system-map", str(other), check_rc=69)
+    assert "does not belong to this kernel" in res.stderr and res.stderr.count("\n") == 1
+    res = mmrwatch("report", "--vmcore", str(b.elf), "--system-map",
+                   str(k.system_map.with_name("System.map.placeholder")), check_rc=65)
+    assert "placeholder" in res.stderr and res.stderr.count("\n") == 1

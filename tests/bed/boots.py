@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .cache import log
-from .kernels import Kernel, debian_kernel, uv_kernel
+from .kernels import Kernel, bullseye_kernel, debian_kernel, uv_kernel
 from .qemu import BootSpec, Guest
 
 
@@ -44,6 +44,8 @@ PLANS: dict[str, BootPlan] = {
                                                       mem_mib=512)),
     "debian-noruntime": BootPlan("debian", BootSpec(la57=False, append="efi=noruntime",
                                                     mem_mib=512)),
+    # Debian 11's 5.10: before kallsyms in VMCOREINFO (6.0), so dumps need --system-map
+    "bullseye-l4": BootPlan("debian-bullseye", BootSpec(la57=False, mem_mib=512)),
     "debian-seabios": BootPlan("debian", BootSpec(firmware="seabios", la57=False, mem_mib=512)),
     "uv-l5": BootPlan("uv", BootSpec(la57=True, mem_mib=512, hostfwd=(NET_PORT, 19864)),
                       truth=True),
@@ -72,7 +74,8 @@ PLANS: dict[str, BootPlan] = {
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }
-KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel}
+KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel,
+                                            "debian-bullseye": bullseye_kernel}
 
 
 @dataclass

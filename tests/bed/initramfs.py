@@ -79,7 +79,7 @@ _MODULES_FOR = {"debian": DEBIAN_MODULES + ["virtio_pci"]}
 
 
 def _module_paths(k: Kernel) -> list[str]:
-    return _module_paths_for(k, _MODULES_FOR.get(k.name, []))
+    return _module_paths_for(k, _MODULES_FOR.get(k.name.split("-")[0], []))  # debian-<suite>
 
 
 def _module_paths_for(k: Kernel, modules: list[str]) -> list[str]:

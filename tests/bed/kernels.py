@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import log, provide, run
+from .cache import cache_root, log, provide, run
 
 FRAGMENT = Path(__file__).with_name("uv.config")
 # Modules Debian builds as =m that the busybox guest needs (fw_cfg for vmcoreinfo, 9p, net).
@@ -34,6 +34,7 @@ class Kernel:
     bzimage: Path
     vmlinux: Path
     modules: Path | None  # directory holding lib/modules/<release> (Debian only)
+    system_map: Path | None = None   # the real one (Debian: from the -dbg package)
 
 
 def _apt_version(pkg: str) -> str:
@@ -44,28 +45,53 @@ def _apt_version(pkg: str) -> str:
     raise RuntimeError(f"apt knows no candidate for {pkg}")
 
 
-def debian_abi() -> str:
-    """The ABI of the current Debian 12 kernel, e.g. ``6.1.0-56-amd64``."""
-    out = run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
-              text=True).stdout
+def _apt_suite(suite: str) -> list[str]:
+    """apt options for another Debian suite, with lists of its own in the cache: the
+    host's apt sources are never changed (``apt-get update`` of one private list)."""
+    if suite == "bookworm":
+        return []
+    base = cache_root() / "apt" / suite
+    (base / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (base / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    src = base / "sources.list"
+    key = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    src.write_text(f"deb [signed-by={key}] http://deb.debian.org/debian {suite} main\n"
+                   f"deb [signed-by={key}] http://deb.debian.org/debian-security "
+                   f"{suite}-security main\n")
+    opts = ["-o", f"Dir::Etc::sourcelist={src}", "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State::Lists={base / 'lists'}", "-o", f"Dir::Cache={base}",
+            "-o", "APT::Get::List-Cleanup=0"]
+    stamp = base / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400:
+        run(["apt-get", *opts, "update", "-qq"], stdout=subprocess.DEVNULL)
+        stamp.touch()
+    return opts
+
+
+def debian_abi(suite: str = "bookworm") -> str:
+    """The ABI of a suite's current kernel, e.g. ``6.1.0-56-amd64``."""
+    out = run(["apt-cache", *_apt_suite(suite), "depends", "linux-image-amd64"],
+              capture_output=True, text=True).stdout
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-") and line.endswith("-amd64"):
             return line.split("linux-image-", 1)[1]
-    raise RuntimeError("cannot find the current Debian kernel ABI (apt-get update?)")
+    raise RuntimeError(f"cannot find the current Debian {suite} kernel ABI (apt-get update?)")
 
 
-def _build_debian(abi: str, out: Path) -> None:
+def _build_debian(abi: str, out: Path, apt: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         t0 = time.monotonic()
-        log(f"downloading linux-image-{abi} and its -dbg package (~930 MB)")
-        run(["apt-get", "download", "-q", f"linux-image-{abi}", f"linux-image-{abi}-dbg"],
+        log(f"downloading linux-image-{abi} and its -dbg package (~900 MB)")
+        run(["apt-get", *apt, "download", "-q", f"linux-image-{abi}", f"linux-image-{abi}-dbg"],
             cwd=tmp, stdout=subprocess.DEVNULL)
         img = glob.glob(f"{tmp}/linux-image-{abi}_*.deb")[0]
         dbg = glob.glob(f"{tmp}/linux-image-{abi}-dbg_*.deb")[0]
         kpkg = Path(tmp, "kpkg")
         run(["dpkg-deb", "-x", img, str(kpkg)])
         shutil.copy(kpkg / "boot" / f"vmlinuz-{abi}", out / "bzImage")
+        # the image package's System.map is Debian's placeholder (kept for its test)
+        shutil.copy(kpkg / "boot" / f"System.map-{abi}", out / "System.map.placeholder")
         mods = out / "lib" / "modules" / abi
         src = kpkg / "lib" / "modules" / abi
         mods.mkdir(parents=True)
@@ -74,23 +100,33 @@ def _build_debian(abi: str, out: Path) -> None:
                 shutil.copy(src / f, mods / f)
         shutil.copytree(src / "kernel", mods / "kernel")
         run(["depmod", "-b", str(out), abi])
-        log("extracting vmlinux from the -dbg package")
-        # vmlinux sits near the start of data.tar: stop after the first match (dpkg-deb then
-        # dies of SIGPIPE, which is expected; the file's presence is the real check).
+        log("extracting vmlinux and System.map from the -dbg package")
+        # both sit near the start of data.tar: stop after the first match of each (dpkg-deb
+        # then dies of SIGPIPE, which is expected; the files' presence is the real check).
         subprocess.run(f"dpkg-deb --fsys-tarfile '{dbg}' | tar -x -C '{tmp}' --occurrence=1 "
-                       f"--wildcards './usr/lib/debug/boot/vmlinux-{abi}'", shell=True)
-        vml = Path(tmp, "usr/lib/debug/boot", f"vmlinux-{abi}")
-        if not vml.exists():
-            raise RuntimeError(f"vmlinux-{abi} not found in {dbg}")
-        shutil.move(str(vml), out / "vmlinux")
+                       f"--wildcards './usr/lib/debug/boot/vmlinux-{abi}' "
+                       f"'./usr/lib/debug/boot/System.map-{abi}'", shell=True)
+        for name, dst in ((f"vmlinux-{abi}", "vmlinux"), (f"System.map-{abi}", "System.map")):
+            got = Path(tmp, "usr/lib/debug/boot", name)
+            if not got.exists():
+                raise RuntimeError(f"{name} not found in {dbg}")
+            shutil.move(str(got), out / dst)
         log(f"Debian kernel {abi} ready in {time.monotonic() - t0:.0f} s")
 
 
-def debian_kernel() -> Kernel:
-    """The current Debian 12 kernel image + vmlinux, downloaded once per ABI."""
-    abi = debian_abi()
-    d = provide(f"kernels/debian-{abi}", lambda out: _build_debian(abi, out))
-    return Kernel("debian", abi, d / "bzImage", d / "vmlinux", d)
+def debian_kernel(suite: str = "bookworm") -> Kernel:
+    """A Debian suite's current kernel: image, modules, DWARF vmlinux and System.map,
+    downloaded once per ABI (bookworm: 6.1, the stock kernel; bullseye: 5.10, a kernel
+    before kallsyms in VMCOREINFO)."""
+    apt = _apt_suite(suite)
+    abi = debian_abi(suite)
+    d = provide(f"kernels/debian-{abi}-sm", lambda out: _build_debian(abi, out, apt))
+    return Kernel("debian" if suite == "bookworm" else f"debian-{suite}", abi, d / "bzImage",
+                  d / "vmlinux", d, d / "System.map")
+
+
+def bullseye_kernel() -> Kernel:
+    return debian_kernel("bullseye")
 
 
 def uv_key() -> str:
@@ -166,6 +202,7 @@ def provision_side() -> None:
     from .prom import prometheus_dir
     from .sysguest import rootfs
     log(f"debian kernel {debian_kernel().release}")
+    log(f"debian 11 kernel {bullseye_kernel().release}")
     log(f"prometheus + promtool: {prometheus_dir()}")
     log(f"Debian 12 root filesystem: {rootfs()}")
 
