@@ -93,16 +93,16 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
     w.add_argument("phys", nargs="+", metavar="PHYS", help="physical address (hex, 0x optional)")
     if embedded:
         return p
-    from . import nagios, serve
+    from . import cliopts
     s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
                        "export Prometheus metrics (HTTP and/or textfile)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=SERVE_NOTES + EXIT_CODES)
-    serve.add_arguments(s)
+    cliopts.add_serve_arguments(s)
     c = sub.add_parser("check", help="one-shot live check for Nagios/Icinga (exit 0/1/2/3)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=nagios.EXIT_CODES)
-    nagios.add_arguments(c)
+                       epilog=cliopts.CHECK_EXIT_CODES)
+    cliopts.add_check_arguments(c)
     return p
 
 
@@ -235,7 +235,7 @@ def _uv_annotation(t, ctx, mm_name: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmrwatch.collectors.target import TargetError
+    from mmrwatch.collectors.errors import TargetError
     from mmrwatch.collectors.userranges import RangesError
     parser = build_parser()
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -271,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> int:
     """``check``: every failure to judge, usage errors included, is UNKNOWN (3), on stdout."""
-    from mmrwatch.collectors.target import TargetError
+    from mmrwatch.collectors.errors import TargetError
     from mmrwatch.collectors.userranges import RangesError
 
     from .nagios import UNKNOWN, line

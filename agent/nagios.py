@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from mmrwatch.collectors.check import CRITICAL, WARNING
 
@@ -17,20 +16,8 @@ from .snapshot import Snapshot, from_result
 OK_, WARN_, CRIT_, UNKNOWN = 0, 1, 2, 3
 LABEL = {OK_: "OK", WARN_: "WARNING", CRIT_: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
-EXIT_CODES = """exit codes (Nagios plugin API):
-  0  OK        every required range is mapped as required
-  1  WARNING   warnings only (e.g. efi_mm not yet re-synced since the last EFI call)
-  2  CRITICAL  a required range is missing, misdirected or mis-cached
-  3  UNKNOWN   could not check (bad usage, no /proc/kcore, permission, debug info, timeout)
-"""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import targetopts
-    targetopts.add(p, live_default=True, vmcore_help="check a crash dump instead")
-    p.add_argument("--ranges", metavar="FILE", type=Path, help="extra ranges (TOML)")
-    p.add_argument("--timeout", type=float, default=50.0, metavar="SECONDS",
-                   help="deadline of the check (default 50, under NRPE's 60)")
+from .cliopts import CHECK_EXIT_CODES as EXIT_CODES  # noqa: E402,F401
+from .cliopts import add_check_arguments as add_arguments  # noqa: E402,F401
 
 
 def line(code: int, text: str, snap: Snapshot | None = None) -> str:

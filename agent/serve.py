@@ -13,14 +13,14 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Optional
 
 from . import metrics, systemd, textfile, web, webconfig
+from .cliopts import DEFAULT_LISTEN
+from .cliopts import add_serve_arguments as add_arguments  # noqa: F401 (the CLI's name)
 from .monitor import Monitor
 
 log = logging.getLogger("mmrwatch")
-DEFAULT_LISTEN = "127.0.0.1:19864"
 
 
 class ServeError(Exception):
@@ -29,34 +29,6 @@ class ServeError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import targetopts
-    targetopts.add(p, live_default=True, vmcore_help="serve the metrics of a crash dump "
-                   "instead (to try rules/dashboards)")
-    p.add_argument("--ranges", metavar="FILE", type=Path,
-                   help="extra ranges to check (TOML, see README); re-read on SIGHUP")
-    p.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
-                   help="seconds between checks (default 300)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="deadline of one check in seconds (default 120)")
-    p.add_argument("--per-range", choices=metrics.PER_RANGE, default="mismatch",
-                   help="per-range series: only mismatched ranges (default), all, or none")
-    p.add_argument("--web.listen-address", dest="listen", metavar="ADDR",
-                   help=f"HOST:PORT to serve metrics on (default {DEFAULT_LISTEN}; "
-                        "with --textfile, no HTTP unless given)")
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
-                   metavar="PATH", help="path of the metrics (default /metrics)")
-    p.add_argument("--web.config.file", dest="web_config", type=Path, metavar="FILE",
-                   help="exporter-toolkit web-config.yml: TLS, client CA, bcrypt basic auth")
-    p.add_argument("--textfile", type=Path, metavar="PATH",
-                   help="also write metrics to PATH (*.prom) for node_exporter's textfile "
-                        "collector, atomically after each check")
-    p.add_argument("--log.level", dest="log_level", default="info",
-                   choices=("debug", "info", "warning", "error"), help="default info")
-    p.add_argument("--log.format", dest="log_format", default="logfmt",
-                   choices=("logfmt", "json"), help="default logfmt")
 
 
 class Daemon:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Optional
 
@@ -94,8 +96,9 @@ class BTF:
             raise BTFError(f"{self.origin}: truncated or corrupt (sections run past the "
                            f"{len(d)}-byte blob)")
         self._words = memoryview(d)[hdr_len + type_off:hdr_len + type_off + type_len].cast("I")
-        self._strings = d[hdr_len + str_off:hdr_len + str_off + str_len]
-        if not self._strings or self._strings[0] != 0:
+        # the string section stays inside the blob (offsets, no copy of its megabytes)
+        self._str0, self._str1 = hdr_len + str_off, hdr_len + str_off + str_len
+        if str_len == 0 or d[self._str0] != 0:
             raise BTFError(f"{self.origin}: corrupt string section")
 
     def _index(self) -> None:
@@ -110,10 +113,10 @@ class BTF:
             fixed[k] = 3 + _EXTRA_FIXED.get(k, 0)
             per[k] = _EXTRA_PER_ITEM.get(k, 0)
             valid[k], named[k] = True, k in _NAMED
-        starts = [0]                         # type id 0 is void
+        starts = array("I", [0])            # type id 0 is void
         append = starts.append
-        by_name: dict[int, object] = {}
-        get = by_name.get
+        names = array("Q")                   # name offset << 32 | type id, sorted below
+        add_name = names.append
         enums: list[int] = []
         pos = 0
         while pos < n:
@@ -124,10 +127,7 @@ class BTF:
             if named[kind]:
                 no = w[pos]
                 if no:
-                    tid = len(starts)
-                    had = get(no)
-                    by_name[no] = tid if had is None else (
-                        (had, tid) if type(had) is int else had + (tid,))  # noqa: E721
+                    add_name(no << 32 | len(starts))
             append(pos)
             pos += fixed[kind] + per[kind] * (info & 0xFFFF)
             if kind == ENUM or kind == ENUM64:
@@ -136,14 +136,19 @@ class BTF:
             raise BTFError(f"{self.origin}: more than {MAX_TYPES} types: not kernel BTF")
         if pos != n:
             raise BTFError(f"{self.origin}: last type record runs past the type section")
-        self._starts, self._by_name, self._enum_ids = starts, by_name, enums
+        self._starts, self._names, self._enum_ids = starts, array("Q", sorted(names)), enums
 
     def _truncated(self, tid: int) -> int:
         raise BTFError(f"{self.origin}: truncated type record {tid}")
 
-    def _named(self, name_off: int) -> tuple[int, ...]:
-        hit = self._by_name.get(name_off)
-        return () if hit is None else (hit,) if type(hit) is int else hit  # type: ignore
+    def _named(self, name_off: int) -> list[int]:
+        """Type ids whose name is at ``name_off`` (binary search of the sorted pairs)."""
+        names, out = self._names, []
+        i = bisect_left(names, name_off << 32)
+        while i < len(names) and names[i] >> 32 == name_off:
+            out.append(names[i] & 0xFFFFFFFF)
+            i += 1
+        return out
 
     @property
     def count(self) -> int:
@@ -152,20 +157,20 @@ class BTF:
 
     def string(self, off: int) -> str:
         """The NUL-terminated string at ``off`` in the string section."""
-        s = self._strings
-        if off >= len(s):
+        start = self._str0 + off
+        if start >= self._str1:
             raise BTFError(f"{self.origin}: name offset {off} outside the string section")
-        end = s.find(b"\0", off)
+        end = self._data.find(b"\0", start, self._str1)
         if end < 0:
             raise BTFError(f"{self.origin}: unterminated string at {off}")
-        return s[off:end].decode("utf-8", "replace")
+        return self._data[start:end].decode("utf-8", "replace")
 
     def _name_offset(self, name: str) -> Optional[int]:
         """Where ``name`` sits in the (deduplicated) string section, if anywhere (a scan of
         a few MB, so remembered: drgn asks for the same names again and again)."""
         if name not in self._offsets:
-            i = self._strings.find(b"\0" + name.encode() + b"\0")
-            self._offsets[name] = None if i < 0 else i + 1
+            i = self._data.find(b"\0" + name.encode() + b"\0", self._str0, self._str1)
+            self._offsets[name] = None if i < 0 else i + 1 - self._str0
         return self._offsets[name]
 
     # --- records ----------------------------------------------------------------------

@@ -21,6 +21,8 @@ from pathlib import Path
 from .cache import cache_root, log, provide, run
 
 FRAGMENT = Path(__file__).with_name("uv.config")
+# per-series additions, appended after FRAGMENT (renamed options)
+EXTRA_FRAGMENT = {"6.12": Path(__file__).with_name("uv-6.12.config")}
 # Modules Debian builds as =m that the busybox guest needs (fw_cfg for vmcoreinfo, 9p, net).
 DEBIAN_MODULES = ["qemu_fw_cfg", "9p", "9pnet_virtio", "virtio_net", "virtio_console"]
 
@@ -129,30 +131,66 @@ def bullseye_kernel() -> Kernel:
     return debian_kernel("bullseye")
 
 
-def uv_key() -> str:
+# UV-enabled kernels: each series from the Debian suite that ships its source
+UV_SERIES = {"6.1": "bookworm", "6.12": "trixie"}
+
+
+def uv_key(series: str = "6.1") -> str:
     """Cache key: source package version + hash of the config fragment and this recipe."""
     h = hashlib.sha256(FRAGMENT.read_bytes())
     h.update(b"recipe-1")
-    return f"{_apt_version('linux-source-6.1')}-{h.hexdigest()[:12]}"
+    if series in EXTRA_FRAGMENT:
+        h.update(EXTRA_FRAGMENT[series].read_bytes())
+    pkg = f"linux-source-{series}"
+    version = _apt_version(pkg) if series == "6.1" else _apt_version_in(pkg, UV_SERIES[series])
+    return f"{version}-{h.hexdigest()[:12]}"
 
 
-def _build_uv(out: Path) -> None:
-    tarball = Path("/usr/src/linux-source-6.1.tar.xz")
-    if not tarball.exists():
-        raise RuntimeError("linux-source-6.1 is not installed (apt-get install linux-source-6.1)")
+def _apt_version_in(pkg: str, suite: str) -> str:
+    out = run(["apt-cache", *_apt_suite(suite), "policy", pkg], capture_output=True,
+              text=True).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Candidate:"):
+            return line.split()[1]
+    raise RuntimeError(f"apt knows no candidate for {pkg} in {suite}")
+
+
+def _source_tarball(series: str, tmp: Path) -> Path:
+    """linux-source-<series>.tar.xz: installed on the host (6.1, bookworm) or downloaded
+    from its suite with ``apt-get download`` and unpacked here (never installed)."""
+    if UV_SERIES[series] == "bookworm":
+        tarball = Path(f"/usr/src/linux-source-{series}.tar.xz")
+        if not tarball.exists():
+            raise RuntimeError(f"linux-source-{series} is not installed "
+                               f"(apt-get install linux-source-{series})")
+        return tarball
+    log(f"downloading linux-source-{series} ({UV_SERIES[series]}, ~150 MB)")
+    run(["apt-get", *_apt_suite(UV_SERIES[series]), "download", "-q", f"linux-source-{series}"],
+        cwd=tmp, stdout=subprocess.DEVNULL)
+    deb = glob.glob(f"{tmp}/linux-source-{series}_*.deb")[0]
+    run(["dpkg-deb", "-x", deb, str(tmp / "pkg")])
+    return tmp / "pkg" / "usr" / "src" / f"linux-source-{series}.tar.xz"
+
+
+def _build_uv(out: Path, series: str = "6.1") -> None:
     work = out / "build"
     t0 = time.monotonic()
-    log("extracting linux-source-6.1")
+    tarball = _source_tarball(series, out)
+    log(f"extracting linux-source-{series}")
     run(["tar", "-xf", str(tarball), "-C", str(out)])
-    src = out / "linux-source-6.1"
+    shutil.rmtree(out / "pkg", ignore_errors=True)
+    src = out / f"linux-source-{series}"
     log("configuring: x86_64_defconfig + tests/bed/uv.config")
     run(["make", "-s", "-C", str(src), f"O={work}", "x86_64_defconfig"], stdout=subprocess.DEVNULL)
     cfg = work / ".config"
+    extra = EXTRA_FRAGMENT.get(series)
     with open(cfg, "a") as fh:
         fh.write(FRAGMENT.read_text())
+        if extra is not None:
+            fh.write(extra.read_text())
     run(["make", "-s", "-C", str(src), f"O={work}", "olddefconfig"], stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
-    _verify_config(cfg)
+    _verify_config(cfg, extra)
     jobs = str((os.cpu_count() or 2) + 1)
     log(f"building bzImage with -j{jobs} (about 14 min on 2 cores; output in {out}/build.log)")
     with open(out / "build.log", "w") as logf:
@@ -169,7 +207,7 @@ def _build_uv(out: Path) -> None:
     log(f"UV kernel {release} built in {time.monotonic() - t0:.0f} s")
 
 
-def _verify_config(cfg: Path) -> None:
+def _verify_config(cfg: Path, extra: Path | None = None) -> None:
     """Refuse a config where Kconfig silently dropped or changed one of our requests."""
     have = {}
     for line in cfg.read_text().splitlines():
@@ -177,8 +215,12 @@ def _verify_config(cfg: Path) -> None:
             k, v = line.split("=", 1)
             have[k] = v
     missing = []
-    for line in FRAGMENT.read_text().splitlines():
+    text = FRAGMENT.read_text() + (extra.read_text() if extra is not None else "")
+    renamed = {ln.split()[-1] for ln in text.splitlines() if ln.startswith("# renames ")}
+    for line in text.splitlines():
         line = line.strip()
+        if line.split("=", 1)[0] in renamed:
+            continue
         if line.startswith("CONFIG_") and "=" in line and not line.endswith("=n"):
             key, want = line.split("=", 1)
             if have.get(key) != want:
@@ -187,14 +229,17 @@ def _verify_config(cfg: Path) -> None:
         raise RuntimeError(f"Kconfig dropped requested options: {' '.join(missing)}")
 
 
-def uv_kernel() -> Kernel:
-    """The UV-enabled 6.1 kernel, built once per source version and fragment."""
+def uv_kernel(series: str = "6.1") -> Kernel:
+    """A UV-enabled kernel of ``series`` (6.1, 6.12), built once per source version and
+    fragment."""
     if os.environ.get("MMRWATCH_NO_UV_KERNEL"):
         # tests/run's first phase runs beside the UV build; waiting here would serialise it
         raise RuntimeError("this test needs the UV kernel: mark it `uvkernel` (tests/run "
                            "runs those after the background build)")
-    d = provide(f"kernels/uv-{uv_key()}", _build_uv)
-    return Kernel("uv", (d / "release").read_text().strip(), d / "bzImage", d / "vmlinux", None)
+    tag = "uv" if series == "6.1" else f"uv{series.replace('.', '')}"
+    d = provide(f"kernels/{tag}-{uv_key(series)}", lambda out: _build_uv(out, series))
+    return Kernel("uv", (d / "release").read_text().strip(), d / "bzImage", d / "vmlinux", None,
+                  d / "System.map")
 
 
 def provision_side() -> None:
@@ -234,7 +279,8 @@ if __name__ == "__main__":
         provision_all()
     if which == "side":           # everything but the UV kernel
         provision_side()
-    for name, get in (("debian", debian_kernel), ("uv", uv_kernel)):
+    for name, get in (("debian", debian_kernel), ("uv", uv_kernel),
+                      ("uv612", lambda: uv_kernel("6.12"))):
         if which == name:
             k = get()
             log(f"{name} kernel {k.release}: {k.bzimage.parent}")
