@@ -70,16 +70,24 @@ def _v(m, name, **labels):
                                        ("not-a-dump", "data"),
                                        pytest.param("wrong-vmlinux", "debuginfo",
                                                     marks=pytest.mark.uvkernel),
-                                       ("no-vmlinux", "debuginfo")])
+                                       ("no-vmlinux", "debuginfo"), ("corrupt-btf", "debuginfo"),
+                                       ("other-kernel-btf", "debuginfo")])
 def test_bad_inputs_keep_the_daemon_up(bed, tmp_path, case, kind):
     b = bed.boot("debian-l5")
     if case == "wrong-vmlinux":       # another kernel's debug info: the UV build's
         args = ["--vmcore", str(b.elf), "--vmlinux", str(bed.kernel("uv").vmlinux)]
+    elif case == "corrupt-btf":       # a BTF header whose sections run past the file
+        bad = tmp_path / "bad.btf"
+        bad.write_bytes(bytes.fromhex("9feb0100180000000000000000001000") + bytes(16))
+        args = ["--vmcore", str(b.elf), "--btf", str(bad)]
+    elif case == "other-kernel-btf":  # Debian 11's 5.10 BTF (its vmlinux's .BTF) on a 6.1 dump
+        args = ["--vmcore", str(b.elf), "--btf", str(bed.kernel("debian-bullseye").vmlinux)]
     else:
         args = {"no-kcore": ["--live", "--vmlinux", str(b.kernel.vmlinux)],   # host has none
                 "no-dump": ["--vmcore", str(tmp_path / "missing")],
                 "not-a-dump": ["--vmcore", str(b.kernel.vmlinux)],
-                "no-vmlinux": ["--vmcore", str(b.elf)]}[case]      # not in the standard places
+                # DWARF asked for, none in the standard places
+                "no-vmlinux": ["--vmcore", str(b.elf), "--debug-info", "dwarf"]}[case]
     import os
     if case == "no-kcore" and os.path.exists("/proc/kcore"):
         pytest.skip("this host has /proc/kcore")

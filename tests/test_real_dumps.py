@@ -187,3 +187,32 @@ def test_kernel_before_6_0_without_dwarf_needs_its_system_map(bed):
     res = mmrwatch("report", "--vmcore", str(b.elf), "--system-map",
                    str(k.system_map.with_name("System.map.placeholder")), check_rc=65)
     assert "placeholder" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_bad_debug_info_is_one_line_and_a_defined_exit(bed, tmp_path):
+    """Corrupt, truncated and other kernels' BTF, FIFOs and devices: one line, exit 65/69."""
+    from mmrwatch.collectors import btf
+    b = bed.boot("debian-l5")
+    real = tmp_path / "real.btf"
+    with open(b.kernel.vmlinux, "rb") as f:
+        real.write_bytes(btf.from_elf(f, "vmlinux"))
+    trunc = tmp_path / "trunc.btf"
+    trunc.write_bytes(real.read_bytes()[:len(real.read_bytes()) // 2])
+    garbage = tmp_path / "garbage.btf"
+    garbage.write_bytes(b"\x9f\xeb\x01\x00" + bytes(range(256)) * 4)
+    fifo = tmp_path / "fifo"
+    import os
+    os.mkfifo(fifo)
+    other = bed.kernel("debian-bullseye").vmlinux      # 5.10's .BTF on a 6.1 dump
+    cases = [(["--btf", str(trunc)], 69, "truncated"), (["--btf", str(garbage)], 69, ""),
+             (["--btf", str(other)], 69, "BTF of another kernel"),
+             (["--btf", str(fifo)], 65, "not a regular file"),
+             (["--system-map", "/dev/zero"], 65, "not a regular file"),
+             (["--system-map", str(fifo)], 65, "not a regular file"),
+             (["--btf", str(tmp_path / "missing")], 66, "no such file")]
+    for extra, rc, words in cases:
+        res = mmrwatch("report", "--vmcore", str(b.elf), *extra, check_rc=rc)
+        assert res.stderr.count("\n") == 1 and words in res.stderr, (extra, res.stderr)
+    ok = mmrwatch("report", "--vmcore", str(b.elf), "--btf", str(real), "--format", "json",
+                  check_rc=0)
+    assert '"types_path": "%s"' % real in ok.stdout
