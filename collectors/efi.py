@@ -17,7 +17,8 @@ import drgn
 
 from .kernel import KernelFacts, lookup
 from .mm import EFI_MM, INIT_MM, efi_flags
-from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
+from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, Expectation, Range, va_for,
+                     va_span_problem)
 
 EFI_MEMORY_WB = 1 << 3
 EFI_MEMORY_XP = 1 << 14
@@ -51,6 +52,24 @@ class Descriptor:
     @property
     def runtime(self) -> bool:
         return bool(self.attribute & EFI_MEMORY_RUNTIME)
+
+    def problem(self, levels: int = 5) -> str:
+        """Why this descriptor holds values x86-64 cannot have ("" when it is sane): no
+        pages, a physical range past 52 bits, or an efi_mm VA range (its EFI VA, its 1:1
+        VA) that is not canonical with ``levels``-level paging.  Such a descriptor is
+        garbage (a corrupt map): it is reported, not checked."""
+        if self.pages <= 0:
+            return "num_pages is 0"
+        if self.phys + self.size > PHYS_LIMIT:
+            return (f"phys_addr 0x{self.phys:x} + num_pages 0x{self.pages:x} passes 52-bit "
+                    "physical addresses")
+        spans = [("virt_addr", self.virt)] if self.virt and self.virt != self.phys else []
+        spans.append(("its 1:1 VA", self.phys))
+        for what, va in spans:
+            bad = va_span_problem(va, self.size, levels)
+            if bad:
+                return f"{what} 0x{va:x} + 0x{self.size:x} bytes {bad}"
+        return ""
 
 
 def _memmap_object(prog: drgn.Program) -> Optional[drgn.Object]:
@@ -93,6 +112,15 @@ def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
     mem_attr = bool(flags & (1 << EFI_MEM_ATTR_FLAG))
     out = []
     for i, d in enumerate(x for x in descs if x.runtime):
+        attrs = (("type", d.type_name), ("attribute", f"0x{d.attribute:016x}"),
+                 ("efi_va", f"0x{d.virt:x}"))
+        bad = d.problem(facts.levels)
+        if bad:
+            # Garbage (a corrupt map): reported once, as a range of its own with the size it
+            # claims and the reason, and nothing checked.
+            out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size or 1, "efi-memmap",
+                             d.type_name, None, attrs + (("bad", f"{bad}; not checked"),)))
+            continue
         cache = frozenset({"WB"}) if d.attribute & EFI_MEMORY_WB else frozenset({"UC-", "UC"})
         # Runtime code must stay executable for the firmware, unless a Memory Attributes
         # table splits it into RX text and NX data (then per-page NX is by design).
@@ -103,19 +131,19 @@ def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
         if d.virt and d.virt != d.phys:
             exps.append(Expectation(EFI_MM, EFI_VA, d.virt, cache, executable=exe,
                                     why="SetVirtualAddressMap() moved the firmware here"))
-        exps.append(Expectation(INIT_MM, DIRECT, va_for(DIRECT, d.phys, facts), None,
-                                required=False,
-                                why="observed only: the kernel need not map firmware regions"))
-        attrs = (("type", d.type_name), ("attribute", f"0x{d.attribute:016x}"),
-                 ("efi_va", f"0x{d.virt:x}"))
+        direct = va_for(DIRECT, d.phys, facts)
+        if not va_span_problem(direct, d.size, facts.levels):   # else beyond the direct map
+            exps.append(Expectation(INIT_MM, DIRECT, direct, None, required=False,
+                                    why="observed only: the kernel need not map firmware "
+                                        "regions"))
         out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size, "efi-memmap", d.type_name,
                          None, attrs, tuple(exps)))
     return out
 
 
 def efi_va_of(descs: list[Descriptor], phys: int) -> Optional[int]:
-    """The EFI virtual address of ``phys`` when a runtime descriptor covers it."""
+    """The EFI virtual address of ``phys`` when a sane runtime descriptor covers it."""
     for d in descs:
-        if d.runtime and d.phys <= phys < d.phys + d.size and d.virt:
+        if d.runtime and d.phys <= phys < d.phys + d.size and d.virt and not d.problem():
             return d.virt + (phys - d.phys)
     return None

@@ -15,6 +15,13 @@ and below a table whole linear children are decided without a call per child.
 Robustness: corrupt tables (a loop back to an ancestor, a pointer outside the dump, a PS
 bit where the architecture forbids it, a misaligned huge page) end that branch with a
 recorded ``WalkError``; the walk never raises for table contents and never loops forever.
+Nor does one check walk a shared subtree over and over: a table page is walked at most
+once per VA it serves, and for at most ``MAX_SERVED`` VAs.  A sane tree puts a table page
+at one VA (efi_mm reaches init_mm's kernel-half tables at the VAs init_mm does), seldom
+two (the UV1 EFI prolog's 1:1 copy of the direct map, Xen PV's ident map); entries beyond
+that pointing at an already walked table (a corrupt entry into another part of the tree,
+a page of pointers to one table) end their branch with a walk error.  So a check's work is
+bounded by the table pages the dump can hold, not by the number of references to them.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ _ZERO = bytes(x86.PAGE_SIZE)
 _MISS = object()
 _LEAFY = linear.LEAFY
 _FLAGS = x86.PTE_FLAGS_MASK
+MAX_SERVED = 4          # distinct VAs (or levels) one table page is walked for, per check
 
 
 class TableFault(Exception):
@@ -148,6 +156,13 @@ class Walker:
         self.phys_mask = phys_mask
         self.max_tables = max_tables
         self.errors: list[WalkError] = []
+        # table PA -> (VA base << 3 | level) where it was first walked, for the walker's
+        # life (one check); a table met at another VA or level is shared: the other places
+        # it was walked (at most MAX_SERVED - 1) are in _also.
+        self._served: dict[int, int] = {}
+        self._also: dict[int, set[int]] = {}
+        # (parent PA, child PA) -> (index in errors, entries, message), for one walk
+        self._shared: dict[tuple[int, int], tuple[int, int, str]] = {}
         self._bits = 57 if levels == 5 else 48
         self._budget = max_tables
         self._follow = False
@@ -173,6 +188,7 @@ class Walker:
             raise ValueError("walk range crosses the non-canonical hole")
         self._budget = self.max_tables
         self._follow = follow_nonpresent
+        self._shared = {}
         top = x86.top_level(self.levels)
         self._table(top, root_pa, 0, lo, hi, 0, (root_pa,), on_leaf, on_hole)
 
@@ -295,6 +311,10 @@ class Walker:
             if child in path:
                 self._error(level, canon(va), pa, f"table loop back to PA 0x{child:x}")
                 continue
+            served = self._served.setdefault(child, va << 3 | clevel)
+            if served != va << 3 | clevel and not self._serve_again(child, va << 3 | clevel):
+                self._shared_subtree(level, va, pa, child, served)
+                continue
             clo, chi = max(lo, va), min(hi, va + size)
             self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
                         on_leaf, on_hole)
@@ -303,6 +323,35 @@ class Walker:
 
     def _canon(self, u: int) -> int:
         return x86.canonical(u, self.levels)
+
+    def _serve_again(self, child: int, tag: int) -> bool:
+        """Whether the table at ``child``, already walked elsewhere, may be walked for
+        ``tag`` (VA base << 3 | level): it was already, or it serves fewer than the limit."""
+        also = self._also.setdefault(child, set())
+        if tag in also:
+            return True
+        if len(also) + 1 < MAX_SERVED:
+            also.add(tag)
+            return True
+        return False
+
+    def _shared_subtree(self, level: int, va: int, pa: int, child: int, served: int) -> None:
+        """Record a table entry whose child table was already walked for ``MAX_SERVED``
+        other VAs; the entries of one table that point at the same child make one error,
+        with a count."""
+        key = (pa, child)
+        rec = self._shared.get(key)
+        if rec is not None:
+            idx, n, msg = rec
+            self._shared[key] = (idx, n + 1, msg)
+            e = self.errors[idx]
+            self.errors[idx] = WalkError(e.level, e.va, e.table_pa, f"{msg} ({n + 1} entries)")
+            return
+        msg = (f"shared subtree: table at PA 0x{child:x} already walked for {MAX_SERVED} VAs "
+               f"(first as the {x86.LEVEL_NAMES[served & 7]} table for "
+               f"0x{self._canon(served >> 3):016x}); not walked again")
+        self._shared[key] = (len(self.errors), 1, msg)
+        self._error(level, self._canon(va), pa, msg)
 
     def _error(self, level: int, va: int, table_pa: int, msg: str) -> None:
         self.errors.append(WalkError(level, va, table_pa, msg))

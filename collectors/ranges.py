@@ -20,20 +20,53 @@ CACHE_ALIASES = {
 CACHE_MODES = ("WB", "WC", "UC-", "UC", "WT", "WP")
 
 
+# What x86-64 allows (Intel SDM vol. 3 4.1.4, 4.5): physical addresses of at most 52 bits,
+# and linear addresses canonical: bits 63..47 (4-level) or 63..56 (5-level) all equal.
+PHYS_BITS = 52
+PHYS_LIMIT = 1 << PHYS_BITS
+_U64 = 1 << 64
+
+
+def va_span_problem(va: int, size: int, levels: int) -> str:
+    """Why ``[va, va + size)`` is no VA range x86-64 with ``levels``-level paging can map
+    ("" when it can): it must be non-empty and lie within one canonical half."""
+    half = 1 << (56 if levels == 5 else 47)
+    end = va + size
+    if size <= 0 or va < 0:
+        return "is empty"
+    if end <= half or (va >= _U64 - half and end <= _U64):
+        return ""
+    if end > _U64:
+        return "passes the top of the address space (2^64)"
+    return f"is not canonical with {levels}-level paging"
+
+
 def cache_set(spec: object) -> Optional[frozenset[str]]:
-    """Normalise a cache requirement: a mode, an alias, or a list of modes (None = any)."""
+    """Normalise a cache requirement: a mode, an alias, or a non-empty list of modes and
+    aliases (None = any); anything else is a ``ValueError`` naming what was given."""
     if spec is None:
         return None
     if isinstance(spec, str):
-        if spec in CACHE_ALIASES:
-            return CACHE_ALIASES[spec]
         spec = [spec]
-    modes = frozenset(str(s) for s in spec)  # type: ignore[union-attr]
-    bad = sorted(modes - set(CACHE_MODES))
-    if bad:
-        raise ValueError(f"unknown cache mode {bad[0]!r} (use one of {', '.join(CACHE_MODES)}, "
-                         "uncached, any)")
-    return modes
+    if not isinstance(spec, (list, tuple, set, frozenset)):
+        raise ValueError(f"cache must be a mode or a list of modes, not {type(spec).__name__}")
+    if not spec:
+        raise ValueError('cache: an empty list allows no mode (use "any" for no requirement)')
+    modes: set[str] = set()
+    for s in spec:
+        if not isinstance(s, str):
+            raise ValueError(f"cache modes are strings, not {type(s).__name__}")
+        if s in CACHE_ALIASES:
+            alias = CACHE_ALIASES[s]
+            if alias is None:
+                return None
+            modes |= alias
+        elif s in CACHE_MODES:
+            modes.add(s)
+        else:
+            raise ValueError(f"unknown cache mode {s[:20]!r} (use one of "
+                             f"{', '.join(CACHE_MODES)}, uncached, any)")
+    return frozenset(modes)
 
 
 @dataclass(frozen=True)
@@ -49,6 +82,10 @@ class Expectation:
     required: bool = True          # False: only observed (reported as info, never a failure)
     shared_from: Optional[str] = None  # efi_mm sees this VA through init_mm's copied slots
     why: str = ""
+    # Non-empty: this expectation cannot hold whatever the tables say (e.g. rule efi_va for
+    # a range no EFI runtime descriptor covers: there is no EFI VA), and this says why.  The
+    # checker reports it as missing with this reason; ``va`` is then only a stand-in.
+    unmet: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,25 +18,40 @@ Every mistake is reported as one line naming the file, the range and the field.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
+import reprlib
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, MM_ALIASES
-from .ranges import DIRECT, EFI_VA, VA_RULES, Expectation, Range, cache_set, va_for
+from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
+                     cache_set, va_for, va_span_problem)
+from .target import one_line
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
 _KNOWN = {"name", "start", "size", "mms", "va", "cache", "writable", "executable", "required"}
+MAX_BYTES = 1 << 20          # a ranges file larger than this is refused, not read
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 40, 40, 4, 4
+
+
+def _show(v: Any) -> str:
+    """A value from the file, shown briefly (bounded length and depth, whatever it is)."""
+    return one_line(_repr.repr(v), 80)
 
 
 class RangesError(ValueError):
     """A ranges file that cannot be used; the message is one line for the user."""
 
     def __init__(self, message: str, missing: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(one_line(message, 400))
         self.missing = missing      # the file does not exist (vs. exists but is unusable)
 
 
@@ -44,63 +59,125 @@ def parse_size(v: Any) -> int:
     """Bytes from an integer or a string such as ``"2MiB"`` / ``"0x200000"``."""
     if isinstance(v, int) and not isinstance(v, bool):
         return v
-    if isinstance(v, str):
+    if isinstance(v, str) and len(v) <= 64:
         m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([A-Za-z]*)\s*", v)
         if m and m.group(2).upper() in _UNITS:
             return int(m.group(1), 0) * _UNITS[m.group(2).upper()]
-    raise ValueError(f"not a size: {v!r}")
+    raise ValueError(f"not a size: {_show(v)}")
 
 
 def _int(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         return v
-    if isinstance(v, str):
-        return int(v, 0)
-    raise ValueError(f"not an integer: {v!r}")
+    if isinstance(v, str) and len(v) <= 64:
+        try:
+            return int(v, 0)
+        except ValueError:
+            pass
+    raise ValueError(f"not an integer: {_show(v)}")
 
 
-def _rules_per_mm(va: Any, mms: list[str]) -> dict[str, list[str]]:
+def _rule_list(v: Any, what: str) -> list[str]:
+    """One VA rule or a non-empty list of them."""
+    rules = [v] if isinstance(v, str) else v
+    if not isinstance(rules, list) or not rules:
+        raise ValueError(f"{what} must be a rule or a non-empty list of rules "
+                         f"({', '.join(VA_RULES)}), not {_show(v)}")
+    for r in rules:
+        if r not in VA_RULES:
+            raise ValueError(f"{what}: unknown rule {_show(r)} (use {', '.join(VA_RULES)})")
+    return list(dict.fromkeys(rules))
+
+
+def _rules_per_mm(va: Any, mms: list[str], mms_given: bool) -> dict[str, list[str]]:
     if isinstance(va, dict):
+        if not va:
+            raise ValueError("va: an empty table names no mm (give init_mm and/or efi_mm)")
         out = {}
         for k, v in va.items():
             mm = MM_ALIASES.get(k)
             if mm is None:
-                raise ValueError(f"va: unknown mm {k!r}")
-            out[mm] = [v] if isinstance(v, str) else list(v)
+                raise ValueError(f"va: unknown mm {_show(k)}")
+            if mm in out:
+                raise ValueError(f"va: {mm} given twice")
+            out[mm] = _rule_list(v, f"va.{k}")
+        if mms_given and set(out) != set(mms):
+            raise ValueError(f"va table names {', '.join(sorted(out))} but mms lists "
+                             f"{', '.join(sorted(set(mms)))}")
         return out
-    rules = [va] if isinstance(va, str) else list(va)
+    rules = _rule_list(va, "va")
     return {mm: rules for mm in mms}
+
+
+def _read(path: Path) -> str:
+    """The file's text: a regular file of at most ``MAX_BYTES``, opened without blocking
+    (a FIFO without a writer) and never read past that bound (``/dev/zero``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise RangesError(f"{path}: cannot read: {e.strerror or e}",
+                          missing=e.errno in _MISSING) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise RangesError(f"{path}: cannot read: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise RangesError(f"{path}: not a regular file (a FIFO, device or socket)")
+        if st.st_size > MAX_BYTES:
+            raise RangesError(f"{path}: too large ({st.st_size} bytes; at most {MAX_BYTES})")
+        chunks, n = [], 0
+        while n <= MAX_BYTES:
+            b = os.read(fd, MAX_BYTES + 1 - n)
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        if n > MAX_BYTES:
+            raise RangesError(f"{path}: too large (more than {MAX_BYTES} bytes)")
+    except OSError as e:
+        raise RangesError(f"{path}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RangesError(f"{path}: not valid TOML: {e}") from None
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """Parse and validate the file into plain specs (no kernel needed: fail early)."""
+    text = _read(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise RangesError(f"{path}: cannot read: {e.strerror}",
-                          missing=isinstance(e, FileNotFoundError)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise RangesError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:         # TOMLDecodeError, or an integer of too many digits
         raise RangesError(f"{path}: not valid TOML: {e}") from None
     items = data.get("range", [])
     if not isinstance(items, list) or set(data) - {"range"}:
         raise RangesError(f"{path}: expected only [[range]] tables")
     specs, names = [], set()
     for i, item in enumerate(items, 1):
-        where = f"{path}: range {i}" + (f" ({item.get('name')!r})" if "name" in item else "")
+        if not isinstance(item, dict):
+            raise RangesError(f"{path}: range {i}: not a table ({_show(item)}); "
+                              "write each range as a [[range]] table")
+        where = f"{path}: range {i}" + (f" ({_show(item['name'])})" if "name" in item else "")
         try:
-            specs.append(_spec(item))
-        except (ValueError, TypeError) as e:
+            spec = _spec(item)
+        except (ValueError, TypeError, RecursionError) as e:
             raise RangesError(f"{where}: {e}") from None
-        if specs[-1]["name"] in names:
+        if spec["name"] in names:
             raise RangesError(f"{where}: duplicate name")
-        names.add(specs[-1]["name"])
+        names.add(spec["name"])
+        spec["where"] = where
+        specs.append(spec)
     return specs
 
 
 def _spec(item: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(item) - _KNOWN)
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}")
+        raise ValueError(f"unknown field {_show(unknown[0])}")
     for f in ("name", "start", "size"):
         if f not in item:
             raise ValueError(f"missing field {f!r}")
@@ -108,18 +185,17 @@ def _spec(item: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
         raise ValueError("name must be 1-64 characters of letters, digits, _ . : -")
     start, size = _int(item["start"]), parse_size(item["size"])
-    if start < 0 or size <= 0 or start + size > 1 << 52:
-        raise ValueError("start/size must describe a non-empty range below 4 PiB")
+    if start < 0 or size <= 0 or start + size > PHYS_LIMIT:
+        raise ValueError("start/size must describe a non-empty range below 4 PiB "
+                         "(x86-64 physical addresses have at most 52 bits)")
     if start % 4096 or size % 4096:
         raise ValueError("start and size must be 4 KiB aligned")
-    mms = [MM_ALIASES.get(m) for m in item.get("mms", [INIT_MM, EFI_MM])]
-    if None in mms or not mms:
+    given = item.get("mms", [INIT_MM, EFI_MM])
+    if not isinstance(given, list) or not given or not all(isinstance(m, str) for m in given) \
+            or None in (mms := [MM_ALIASES.get(m) for m in given]):
         raise ValueError("mms must list init_mm/kernel and/or efi_mm/efi")
-    rules = _rules_per_mm(item.get("va", DIRECT), mms)
-    for mm, rs in rules.items():
-        for r in rs:
-            if r not in VA_RULES:
-                raise ValueError(f"va: unknown rule {r!r} (use {', '.join(VA_RULES)})")
+    mms = list(dict.fromkeys(mms))
+    rules = _rules_per_mm(item.get("va", DIRECT), mms, "mms" in item)
     for f in ("writable", "executable", "required"):
         if f in item and not isinstance(item[f], bool):
             raise ValueError(f"{f} must be true or false")
@@ -130,20 +206,45 @@ def _spec(item: dict[str, Any]) -> dict[str, Any]:
 
 def to_ranges(specs: list[dict[str, Any]], facts: KernelFacts,
               efi_va_of: Callable[[int], Optional[int]]) -> list[Range]:
-    """Turn validated specs into ``Range``s for one kernel (VA rules need its facts)."""
+    """Turn validated specs into ``Range``s for one kernel (VA rules need its facts).
+
+    A VA range this kernel cannot have (past 2^64, or across the non-canonical hole of its
+    paging depth) is refused with a ``RangesError``.  A rule ``efi_va`` for a range no EFI
+    runtime descriptor covers cannot hold: it is still an expectation (a required one is a
+    finding), marked ``unmet`` with the reason and checked at the 1:1 VA, where x86 also
+    maps every runtime region, as a stand-in that nothing legitimately maps there."""
     out = []
     for s in specs:
         exps = []
+        where = s.get("where", f"range {s['name']!r}")
         for mm, rules in s["rules"].items():
             for rule in rules:
-                efi_va = efi_va_of(s["start"]) if rule == EFI_VA else None
-                if rule == EFI_VA and efi_va is None:
-                    continue  # reported by the range's own "no EFI VA" note below
+                unmet, cache = "", s["cache"]
+                if rule == EFI_VA:
+                    efi_va = efi_va_of(s["start"])
+                    if efi_va is None:
+                        unmet = (f"no EFI runtime descriptor covers PA 0x{s['start']:x}, so "
+                                 "the firmware has no EFI VA for it")
+                    elif va_span_problem(efi_va, s["size"], facts.levels):
+                        unmet = (f"the EFI runtime descriptor covering PA 0x{s['start']:x} "
+                                 f"gives EFI VA 0x{efi_va:x}, which "
+                                 f"{va_span_problem(efi_va, s['size'], facts.levels)}")
+                    if unmet:
+                        va, cache = va_for(IDENTITY, s["start"], facts), frozenset()
+                    else:
+                        va = va_for(EFI_VA, s["start"], facts, efi_va)
+                else:
+                    va = va_for(rule, s["start"], facts)
+                bad = va_span_problem(va, s["size"], facts.levels)
+                if bad:
+                    raise RangesError(
+                        f"{where}: the {rule} VA range 0x{va:x}+0x{s['size']:x} {bad}"
+                        + (f" ({unmet})" if unmet else "")
+                        + f": x86-64 cannot map it in {mm}")
                 exps.append(Expectation(
-                    mm, rule, va_for(rule, s["start"], facts, efi_va), s["cache"],
-                    s["writable"], s["executable"], s["required"],
+                    mm, rule, va, cache, s["writable"], s["executable"], s["required"],
                     shared_from=INIT_MM if (mm == EFI_MM and rule == DIRECT) else None,
-                    why="configured in the ranges file"))
+                    why=unmet or "configured in the ranges file", unmet=unmet))
         out.append(Range(s["name"], s["start"], s["size"], "config", "configured",
                          expectations=tuple(exps)))
     return out
