@@ -70,7 +70,7 @@ class BTF:
         self._data = bytes(data)
         self._parse_header()
         self._index()
-        self._enumerators: Optional[dict[str, tuple[int, int]]] = None
+        self._enumerators: Optional[array] = None     # (name offset << 32 | enum id), sorted
         self._percpu: Optional[dict[str, int]] = None
         self._records: dict[int, Record] = {}
         self._offsets: dict[str, Optional[int]] = {}
@@ -200,14 +200,27 @@ class BTF:
         return [t for t in self._named(off) if self.record(t).kind in want]
 
     def enumerator(self, name: str) -> Optional[tuple[int, int]]:
-        """(enum type id, value) of an enumerator constant such as ``desc_committed``."""
+        """(enum type id, value) of an enumerator constant such as ``desc_committed``.
+
+        drgn asks for a constant at every object lookup that is not a variable, so the
+        enumerators are indexed by name offset (ints, no string decoded) on first use."""
         if self._enumerators is None:
-            out: dict[str, tuple[int, int]] = {}
+            w, pairs = self._words, array("Q")
             for tid in self._enum_ids:
-                for ename, value in self.enum_values(tid):
-                    out.setdefault(ename, (tid, value))
-            self._enumerators = out
-        return self._enumerators.get(name)
+                pos = self._starts[tid]
+                width = 2 if (w[pos + 1] >> 24) & 0x1F == ENUM else 3
+                for i in range(pos + 3, pos + 3 + width * (w[pos + 1] & 0xFFFF), width):
+                    pairs.append(w[i] << 32 | tid)
+            self._enumerators = array("Q", sorted(pairs))
+        off = self._name_offset(name)
+        if off is None:
+            return None
+        pairs = self._enumerators
+        i = bisect_left(pairs, off << 32)
+        if i == len(pairs) or pairs[i] >> 32 != off:
+            return None
+        tid = pairs[i] & 0xFFFFFFFF
+        return tid, dict(self.enum_values(tid))[name]
 
     def enum_values(self, tid: int) -> list[tuple[str, int]]:
         """(name, value) of each enumerator; signedness from kind_flag (pahole 1.24+)."""

@@ -71,7 +71,6 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
         hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
         extra = {"mmrwatch_wheelhouse_dir": str(dist / "wheelhouse"),
                  "mmrwatch_web_listen_address": "0.0.0.0:19864", "mmrwatch_interval": 10,
-                 "mmrwatch_vmlinux": "/mnt/kernel/vmlinux",
                  "mmrwatch_basic_auth_users": {"prometheus": hashed}}
         rc, out = _playbook(inv, extra, tmp_path / "first.log")
         assert rc == 0, out[-4000:]
@@ -81,6 +80,7 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
         assert rc == 0, out[-4000:]
         assert _recap(out)["changed"] == 0, out[-4000:]           # idempotent
 
+        dropins = g.ssh("ls /etc/systemd/system/mmrwatch.service.d/", check=False).stdout
         show = g.ssh("systemctl show mmrwatch -p ActiveState -p SubState -p Type "
                      "-p NRestarts -p StatusText -p User -p DynamicUser").stdout
         props = dict(ln.split("=", 1) for ln in show.splitlines() if "=" in ln)
@@ -115,6 +115,10 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
     assert score <= 2.5
     assert up and float(ranges[0]["value"][1]) >= 1                 # EFI runtime regions
     assert kernel[0]["metric"]["release"] == k.release
+    # the default deploy needs no debug package: BTF + the kernel's own kallsyms (6.0+: no
+    # CAP_SYSLOG drop-in)
+    assert kernel[0]["metric"]["types"] == "btf" and kernel[0]["metric"]["symbols"] == "kallsyms"
+    assert "kallsyms.conf" not in dropins
     assert "ranges mapped as required" in status, status
     assert "check ok" in journal and "Traceback" not in journal
     # every dashboard query is valid PromQL against the real server; the ones that must
