@@ -46,6 +46,11 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        # no prefix matching: `report ... --debug` must not read as --debug-info
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
 
@@ -93,6 +98,7 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
     w.add_argument("phys", nargs="+", metavar="PHYS", help="physical address (hex, 0x optional)")
     if embedded:
         return p
+    _debug_anywhere(r, d, w)
     from . import cliopts
     s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
                        "export Prometheus metrics (HTTP and/or textfile)",
@@ -103,7 +109,15 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=cliopts.CHECK_EXIT_CODES)
     cliopts.add_check_arguments(c)
+    _debug_anywhere(s, c)
     return p
+
+
+def _debug_anywhere(*subparsers: argparse.ArgumentParser) -> None:
+    """``--debug`` after the subcommand too (SUPPRESS: it must not reset the top-level one)."""
+    for sp in subparsers:
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for internal errors")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, WalkError, Walker, extents
-from .ranges import Expectation, Range, human_size
+from .ranges import STATE, Expectation, Range, human_size
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
@@ -68,6 +68,12 @@ class Checker:
         space = self.spaces[exp.mm]
         if not space.has_table:
             return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
+                           missing_bytes=rng.size)
+        if exp.unmet and exp.rule == STATE:    # a source could not read its kernel state
+            return Finding(rng, exp, "unreadable", WARNING, exp.unmet)
+        if exp.unmet:                 # nothing in the tables can satisfy it: say why
+            return Finding(rng, exp, "missing", CRITICAL if exp.required else INFO,
+                           f"not mapped in {exp.mm} at the {exp.rule} VA: {exp.unmet}",
                            missing_bytes=rng.size)
         exts, errs = self._extents(space.root_pa, exp.va, rng.size)
         f = self._account(rng, exp, exts)

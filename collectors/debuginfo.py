@@ -24,7 +24,7 @@ import drgn
 
 from . import btf, symbols
 from .btftypes import BTFTypes
-from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError
+from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError, one_line
 from .kglobals import KernelObjects
 
 AUTO, DWARF, BTF = "auto", "dwarf", "btf"
@@ -117,7 +117,7 @@ def _symbols(prog: drgn.Program, req: Request, live: bool,
         return symbols.load_builtin(prog, vmci), "kallsyms", "(in memory, via VMCOREINFO)"
     if live:
         return symbols.load_proc(), "proc-kallsyms", symbols.PROC_KALLSYMS
-    raise TargetError(DEBUGINFO, f"no symbols for kernel {vmci.get('OSRELEASE', '?')}: its "
+    raise TargetError(DEBUGINFO, f"no symbols for kernel {one_line(vmci.get('OSRELEASE', '?'), 80)}: its "
                       "VMCOREINFO has no kallsyms (Linux before 6.0)")
 
 
@@ -255,7 +255,7 @@ def elf_build_id(path: Path) -> Optional[str]:
 
 def load_dwarf(prog: drgn.Program, vmlinux: Optional[str], vmci: dict[str, str]) -> DebugInfo:
     """The vmlinux's DWARF, refused when its build-id is not the kernel's."""
-    release = vmci.get("OSRELEASE", "?")
+    release = one_line(vmci.get("OSRELEASE", "?"), 80)
     kbid = vmci.get("BUILD-ID", "").strip() or None
     if vmlinux is None:
         found = [p for p in debuginfo_candidates(release) if p.exists()]

@@ -16,10 +16,11 @@ import drgn
 
 from . import efi, userranges, uv
 from .check import SEVERITY_ORDER, Checker, Finding, worst
+from .errors import one_line
 from .kernel import KernelFacts, make_walker, read_facts
-from .mm import EFI_MM, AddressSpace, address_spaces
+from .mm import EFI_MM, INIT_MM, AddressSpace, address_spaces
 from .pagetable import WalkError
-from .ranges import Range
+from .ranges import STATE, Expectation, Range
 from .target import Target
 
 
@@ -75,17 +76,29 @@ class CheckResult:
 
 
 def efi_source(ctx: Context) -> list[Range]:
-    """EFI runtime regions from ``efi.memmap``."""
+    """EFI runtime regions from ``efi.memmap`` (garbage descriptors reported, not checked)."""
+    for d in ctx.efi_descs:
+        bad = d.problem(ctx.facts.levels)
+        if bad:
+            ctx.notes.append(f"EFI memory map: a descriptor at PA 0x{d.phys:x} is garbage "
+                             f"({bad}): not checked")
     return efi.runtime_ranges(ctx.prog, ctx.facts, ctx.efi_descs)
+efi_source.label = "efi-memmap"      # type: ignore[attr-defined]
+
+
+def _sane(ctx: Context) -> list[efi.Descriptor]:
+    """The descriptors other sources may rely on (garbage ones are efi_source's to report)."""
+    return [d for d in ctx.efi_descs if not d.problem(ctx.facts.levels)]
 
 
 def uv_source(ctx: Context) -> list[Range]:
     """UV hub MMR ranges (none on non-UV kernels, non-UV hardware and hubless systems)."""
     sysm = uv.discover(ctx.prog)
     ctx.summaries["uv"] = sysm.summary()
-    out = uv.ranges(sysm, ctx.facts, ctx.efi_descs, ctx.spaces[EFI_MM].old_memmap)
+    out = uv.ranges(sysm, ctx.facts, _sane(ctx), ctx.spaces[EFI_MM].old_memmap)
     ctx.notes.extend(sysm.notes)
     return out
+uv_source.label = "uv"               # type: ignore[attr-defined]
 
 
 def file_source(path: Path) -> RangeSource:
@@ -93,9 +106,33 @@ def file_source(path: Path) -> RangeSource:
     specs = userranges.load(path)
 
     def source(ctx: Context) -> list[Range]:
-        return userranges.to_ranges(specs, ctx.facts,
-                                    lambda pa: efi.efi_va_of(ctx.efi_descs, pa))
+        descs = _sane(ctx)
+        return userranges.to_ranges(specs, ctx.facts, lambda pa: efi.efi_va_of(descs, pa))
+    source.label = "config"          # type: ignore[attr-defined]
     return source
+
+
+# What a source may hit in kernel data it cannot read or trust: a page missing from the dump,
+# an address not mapped, a value no kernel could hold.  (A bug in mmrwatch is none of these.)
+SOURCE_FAULTS = (drgn.FaultError, ValueError, OverflowError, LookupError)
+
+
+def _collect(src: RangeSource, ctx: Context) -> list[Range]:
+    """One source's ranges; when it cannot read its state, a note and a finding saying so
+    (every other source and range is still checked)."""
+    label = getattr(src, "label", getattr(src, "__name__", "source"))
+    try:
+        return src(ctx)
+    except SOURCE_FAULTS as e:
+        if isinstance(e, userranges.RangesError):
+            raise                          # the user's file: its own error and exit code
+        why = one_line(str(e).splitlines()[0] if str(e) else type(e).__name__, 200)
+        ctx.notes.append(f"{label}: cannot read its state from the kernel ({why}): its "
+                         "ranges are not checked")
+        exp = Expectation(INIT_MM, STATE, 0, required=False,
+                          why=f"{label} could not be read", unmet=f"{label} state unreadable: {why}")
+        return [Range(f"{label}-state", 0, 0, label, "unreadable", None,
+                      (("error", why),), (exp,))]
 
 
 def default_sources(ranges_file: Optional[Path] = None) -> list[RangeSource]:
@@ -111,7 +148,14 @@ def context(target: Target) -> Context:
     prog = target.prog
     facts = read_facts(prog)
     spaces = address_spaces(prog, facts)
-    return Context(prog, facts, spaces, efi.read_memmap(prog))
+    notes: list[str] = []
+    try:
+        descs = efi.read_memmap(prog)
+    except drgn.FaultError as e:
+        descs = []
+        notes.append(f"efi-memmap: the EFI memory map is not readable ({one_line(e, 200)}): "
+                     "EFI runtime regions are not checked")
+    return Context(prog, facts, spaces, descs, notes)
 
 
 def run_check(target: Target, sources: list[RangeSource],
@@ -124,7 +168,7 @@ def run_check(target: Target, sources: list[RangeSource],
     ctx = ctx or context(target)
     ranges: list[Range] = []
     for src in sources:
-        ranges.extend(src(ctx))
+        ranges.extend(_collect(src, ctx))
     walker = make_walker(ctx.prog, ctx.facts, deadline)
     findings = Checker(ctx.facts, ctx.spaces, walker).check(ranges)
     return CheckResult(target, ctx.facts, ctx.spaces, ranges, findings, list(walker.errors),

@@ -16,3 +16,13 @@ class TargetError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one printable line for a message: every character that is not printable
+    (newlines, escapes, NUL, an undecodable byte's surrogate) shown as a Python escape
+    (``\\n``, ``\\x1b``, ``\\udcff``), and cut to ``limit`` characters."""
+    s = str(text)
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    return s if len(s) <= limit else s[:limit - 3] + "..."

@@ -13,6 +13,7 @@ from typing import Optional
 import drgn
 
 from . import x86
+from .errors import one_line
 from .pagetable import TableReader, Walker
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
@@ -83,6 +84,20 @@ def _int(prog: drgn.Program, name: str) -> Optional[int]:
     return None if obj is None else obj.value_()
 
 
+def kernel_release(prog: drgn.Program) -> str:
+    """``uname -r`` of the kernel, printable whatever bytes a corrupt dump holds there."""
+    return one_line(prog["UTS_RELEASE"].string_().decode(errors="replace"), 80)
+
+
+def _number(vmci: dict[str, str], key: str) -> int:
+    """A VMCOREINFO number, 0 when absent or garbage (a corrupt note must not stop the
+    check: every consumer has a safe meaning for 0)."""
+    try:
+        return int(vmci.get(key, "0"), 0)
+    except ValueError:
+        return 0
+
+
 def read_facts(prog: drgn.Program) -> KernelFacts:
     """Collect the paging facts from memory (variables first, vmcoreinfo second)."""
     from drgn.helpers.linux.boot import kaslr_offset, pgtable_l5_enabled
@@ -95,12 +110,12 @@ def read_facts(prog: drgn.Program) -> KernelFacts:
         pob = _linux_helper_direct_mapping_offset(prog)
     phys_base = _int(prog, "phys_base")
     if phys_base is None:
-        phys_base = int(vmci.get("NUMBER(phys_base)", "0"), 0)
+        phys_base = _number(vmci, "NUMBER(phys_base)")
     phys_mask = _int(prog, "physical_mask") or (1 << 52) - 1
-    sme = _int(prog, "sme_me_mask") or int(vmci.get("NUMBER(sme_mask)", "0"), 0)
+    sme = _int(prog, "sme_me_mask") or _number(vmci, "NUMBER(sme_mask)")
     tbl = lookup(prog, "__pte2cachemode_tbl")
     cache = x86.CacheModes([int(x) for x in tbl.read_()] if tbl is not None else None)
-    release = prog["UTS_RELEASE"].string_().decode()
+    release = kernel_release(prog)
     return KernelFacts(release, levels, pob, phys_base, phys_mask & ~sme, sme, cache,
                        kaslr_offset(prog), vmci)
 

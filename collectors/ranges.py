@@ -13,6 +13,8 @@ from .kernel import KernelFacts
 
 DIRECT, IDENTITY, EFI_VA = "direct", "identity", "efi_va"
 VA_RULES = (DIRECT, IDENTITY, EFI_VA)
+# not a VA: a range source could not read its kernel state (the finding says why)
+STATE = "state"
 CACHE_ALIASES = {
     "uncached": frozenset({"UC", "UC-"}),
     "any": None,

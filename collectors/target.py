@@ -19,7 +19,7 @@ import drgn
 
 from . import debuginfo
 from .debuginfo import DebugInfo, Request
-from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError
+from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError, one_line
 
 KCORE = "/proc/kcore"
 
@@ -35,16 +35,6 @@ class Target:
     vmlinux: Optional[str]      # the DWARF file, when types came from DWARF
     build_id: Optional[str]     # the kernel's, when it says
     debuginfo: Optional[DebugInfo] = None   # where types and symbols came from
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """``text`` as one printable line for a message: every character that is not printable
-    (newlines, escapes, NUL, an undecodable byte's surrogate) shown as a Python escape
-    (``\\n``, ``\\x1b``, ``\\udcff``), and cut to ``limit`` characters."""
-    s = str(text)
-    if not s.isprintable():
-        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 def _cause(e: BaseException) -> str:
@@ -208,7 +198,8 @@ def open_vmcore(path: str, vmlinux: Optional[str] = None, req: Optional[Request]
         raise TargetError(DATA, f"{one_line(path)}: cannot read as a kernel dump: "
                                 f"{_cause(e)}") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
-        raise TargetError(DATA, f"{path}: a core dump, but not of a Linux kernel (no VMCOREINFO)")
+        raise TargetError(DATA, f"{one_line(path)}: a core dump, but not of a Linux kernel "
+                                "(no VMCOREINFO)")
     info, bid = _load(prog, _request(vmlinux, req), False)
     return Target(prog, path, False, fmt, _dwarf_path(info), bid, info)
 

@@ -31,7 +31,7 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, MM_ALIASES
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
                      cache_set, va_for, va_span_problem)
-from .target import one_line
+from .errors import one_line
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
