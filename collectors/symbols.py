@@ -83,8 +83,9 @@ def load_proc(path: str = PROC_KALLSYMS) -> drgn.SymbolIndex:
             from None
     except PermissionError:
         raise SymbolError("permission", f"{path}: permission denied") from None
-    first = head.split(b"\n", 1)[0].split()
-    if not first or all(c == ord("0") for c in first[0]):
+    # hidden, every address reads 0; the first few are per-CPU offsets and may be 0 anyway
+    addrs = [ln.split(b" ", 1)[0] for ln in head.split(b"\n")[:-1]]
+    if not addrs or all(a.strip(b"0") == b"" for a in addrs):
         raise SymbolError("permission", f"{path}: addresses are hidden (kptr_restrict/"
                           "perf_event_paranoid): reading them needs CAP_SYSLOG")
     try:

@@ -60,6 +60,9 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
 
     def in_guest(guest, res):
         xfer = guest.xfer
+        _, out, _ = guest.run(f"ls {res.kernel.vmlinux} /usr/lib/debug/boot /boot 2>&1; "
+                              "uname -r", check=False)
+        seen["vmlinux_visible"] = out
         (xfer / "default-mmrwatch").write_text(
             'ARGS="--web.listen-address=0.0.0.0:19864 --interval 3 --per-range mismatch"\n')
         (xfer / "override.conf").write_text(
@@ -140,7 +143,9 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
     # not a UV machine yet: EFI runtime ranges only, UV kernel on non-UV hardware
     assert seen["plain"]["ranges_uv"] == 0 and seen["plain"]["efi"] >= 1
     assert seen["plain"]["uv"] == "uv-kernel-non-uv-hardware"
-    # no --vmlinux anywhere, none in the standard places: BTF + the kernel's own kallsyms
+    # no --vmlinux, none in the standard places nor the bed's cache: BTF + the kernel's kallsyms
+    assert "No such file" in seen["vmlinux_visible"] and "vmlinux" not in \
+        seen["vmlinux_visible"].replace(str(bed.kernel("uv").vmlinux), ""), seen["vmlinux_visible"]
     assert seen["plain"]["kernel"]["types"] == "btf"
     assert seen["plain"]["kernel"]["symbols"] == "kallsyms"
     assert seen["healthy_alerts"] == []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import mmrwatch, report_both
+from tests.conftest import mmrwatch, report_both, report_live
 
 pytestmark = pytest.mark.realkernel
 OVMF_FLASH = 0xFFC00000
@@ -166,9 +166,16 @@ def test_kernel_before_6_0_without_dwarf_needs_its_system_map(bed):
     -dbg package; the image package's is a placeholder); BTF comes from the dump itself.
     With its own System.map the report equals the DWARF one; another kernel's map is
     refused, and so is the placeholder."""
-    b = bed.boot("bullseye-l4")
+    live = {}
+
+    def in_guest(guest, res):        # live before 6.0: symbols from /proc/kallsyms (root)
+        live["doc"], live["rc"] = report_live(guest, res)
+    b = bed.boot("bullseye-l4", keep=in_guest)
     k = b.kernel
     assert k.release.startswith("5.10.")
+    assert live["rc"] == 0, live["doc"]
+    assert live["doc"]["target"]["debug_info"]["symbols"] == "proc-kallsyms"
+    assert live["doc"]["target"]["debug_info"]["types_path"] == "/sys/kernel/btf/vmlinux"
     doc, rc = report_both(["--vmcore", str(b.elf)], k.vmlinux,
                           btf_args=("--system-map", str(k.system_map)))
     assert rc == 0 and doc["target"]["debug_info"]["symbols"] == "system-map"

@@ -59,8 +59,9 @@ PLANS: dict[str, BootPlan] = {
     "uv-inject-kdump": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                                append="crashkernel=192M log_buf_len=16M"),
                                 real_kdump=True),
+    # no test-bed cache in the guest: no vmlinux anywhere, the agent runs on BTF + kallsyms
     "uv-agent": BootPlan("uv", BootSpec(la57=False, mem_mib=768, append="crashkernel=192M",
-                                        hostfwd=(AGENT_PORT, 19864))),
+                                        hostfwd=(AGENT_PORT, 19864), cache_share=False)),
     # oops=panic: a kernel-mode page fault in process context panics (and kdumps)
     "uv-efifault": BootPlan("uv", BootSpec(la57=False, mem_mib=768,
                                            append="crashkernel=192M oops=panic"),

@@ -43,6 +43,8 @@ class BootSpec:
     smp: int = 2
     hostfwd: Optional[tuple[int, int]] = None   # (host port on 127.0.0.1, guest port)
     extra_shares: dict[str, str] = field(default_factory=dict)
+    cache_share: bool = True         # False: the guest cannot see the host's test-bed cache
+                                     # (kernels, vmlinux files), e.g. to prove no DWARF is used
 
 
 def reclaim_stale_ram(shm: Path = Path("/dev/shm")) -> list[Path]:
@@ -123,6 +125,8 @@ class Guest:
         s = self.spec
         shares = {"xfer": str(self.xfer)}
         guest_shares = {**default_shares(), **s.extra_shares}
+        if not s.cache_share:
+            guest_shares.pop("cache", None)
         initrd = build_initramfs(self.kernel, guest_shares)
         cpu = "max" if s.la57 else "max,la57=off"
         cmd = ["qemu-system-x86_64", "-machine", "q35,memory-backend=ram0", "-accel", "tcg",
