@@ -22,7 +22,7 @@ from typing import Optional
 
 import drgn
 
-from . import btf, symbols
+from . import btf, kallsyms, symbols
 from .btftypes import BTFTypes
 from .errors import DATA, DEBUGINFO, NOINPUT, PERMISSION, TargetError, one_line
 from .kglobals import KernelObjects
@@ -110,24 +110,33 @@ def load_btf(prog: drgn.Program, req: Request, live: bool, vmci: dict[str, str])
 
 
 def _symbols(prog: drgn.Program, req: Request, live: bool,
-             vmci: dict[str, str]) -> tuple[drgn.SymbolIndex, str, str]:
+             vmci: dict[str, str]) -> tuple[symbols.SymbolFinder, str, str]:
     if req.system_map:
         return symbols.load_system_map(req.system_map, vmci), "system-map", req.system_map
     if symbols.has_builtin_kallsyms(vmci):
-        return symbols.load_builtin(prog, vmci), "kallsyms", "(in memory, via VMCOREINFO)"
+        return _kernel_kallsyms(prog, vmci), "kallsyms", "(in memory, via VMCOREINFO)"
     if live:
         return symbols.load_proc(), "proc-kallsyms", symbols.PROC_KALLSYMS
     raise TargetError(DEBUGINFO, f"no symbols for kernel {one_line(vmci.get('OSRELEASE', '?'), 80)}: its "
                       "VMCOREINFO has no kallsyms (Linux before 6.0)")
 
 
-def _sym(index: drgn.SymbolIndex, prog: drgn.Program, name: str) -> Optional[int]:
+def _kernel_kallsyms(prog: drgn.Program, vmci: dict[str, str]):
+    """mmrwatch's on-demand kallsyms table; drgn's full index for layouts it does not know."""
+    try:
+        table = kallsyms.decode(prog, symbols.vmcoreinfo_symbols(vmci))
+    except (drgn.FaultError, ValueError, IndexError, OverflowError) as e:
+        raise TargetError(DATA, f"kallsyms in memory unreadable: {one_line(e, 200)}") from None
+    return table if table is not None else symbols.load_builtin(prog, vmci)
+
+
+def _sym(index, prog: drgn.Program, name: str) -> Optional[int]:
     hits = index(prog, name, None, True)
     return hits[0].address if hits else None
 
 
 def _btf_blob(prog: drgn.Program, req: Request, live: bool,
-              index: drgn.SymbolIndex) -> tuple[bytes, str]:
+              index: symbols.SymbolFinder) -> tuple[bytes, str]:
     if req.btf:
         return read_btf_file(req.btf), req.btf
     if live and os.path.exists(SYS_BTF):

@@ -17,7 +17,9 @@ Which needs what:
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import drgn
 
@@ -28,6 +30,8 @@ START_KERNEL_MAP = 0xFFFFFFFF80000000
 PROC_KALLSYMS = "/proc/kallsyms"
 _KALLSYMS_VMCOREINFO = "SYMBOL(kallsyms_num_syms)"
 MAX_MAP = 256 << 20
+# what drgn's register_symbol_finder() takes: (prog, name, address, one) -> [Symbol]
+SymbolFinder = Callable[[drgn.Program, Optional[str], Optional[int], bool], list]
 
 
 class SymbolError(TargetError):
@@ -113,68 +117,122 @@ def _read_map(path: str) -> bytes:
     return data
 
 
-def parse_system_map(data: bytes, path: str) -> list[tuple[int, str, str]]:
-    """(address, nm type, name) of each line; bad lines are an error, not skipped."""
-    out = []
-    for no, line in enumerate(data.splitlines(), 1):
-        parts = line.split()
+class SystemMapTable:
+    """A System.map searched on demand (drgn symbol-finder callback ``find``).
+
+    The map is sorted by address (``nm -n``), so a symbol's size is the distance to the next
+    line and an address lookup is a binary search over lines, built on first use only.
+    Addresses in the kernel image are moved by the dump's KASLR offset."""
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self._data = data if data.endswith(b"\n") else data + b"\n"
+        self._offset = offset
+        self._by_name: dict[str, list[int]] = {}
+        self._lines: Optional[array] = None
+
+    def _line(self, pos: int) -> tuple[int, str, str, int]:
+        """(moved address, nm type, name, next line's position) of the line at ``pos``."""
+        end = self._data.index(b"\n", pos)
+        parts = self._data[pos:end].split()
         if len(parts) < 3 or len(parts[1]) != 1:
-            if not parts:
-                continue
-            raise SymbolError("data", f"{path}:{no}: not a System.map line")
-        try:
-            out.append((int(parts[0], 16), parts[1].decode("ascii"),
-                        parts[2].decode("ascii")))
-        except (ValueError, UnicodeDecodeError):
-            raise SymbolError("data", f"{path}:{no}: not a System.map line") from None
-    return out
+            raise ValueError("not a System.map line")
+        addr = int(parts[0], 16)
+        if addr >= START_KERNEL_MAP:
+            addr = (addr + self._offset) & 0xFFFFFFFFFFFFFFFF
+        return addr, parts[1].decode("ascii"), parts[2].decode("ascii", "replace"), end + 1
+
+    def lookup(self, name: str) -> list[int]:
+        """Line positions of the symbols called ``name``."""
+        hit = self._by_name.get(name)
+        if hit is None:
+            d, needle, hit = self._data, b" " + name.encode() + b"\n", []
+            pos = d.find(needle)
+            while pos >= 0:
+                start = d.rfind(b"\n", 0, pos) + 1
+                if pos - start >= 3 and d[pos - 2] == 32:        # "ADDR t name"
+                    hit.append(start)
+                pos = d.find(needle, pos + 1)
+            self._by_name[name] = hit
+        return hit
+
+    def address(self, name: str) -> Optional[int]:
+        hit = self.lookup(name)
+        return self._line(hit[0])[0] if hit else None
+
+    def _symbol(self, pos: int) -> drgn.Symbol:
+        from drgn.helpers.linux.kallsyms import _nm_type_to_binding_kind
+        addr, typ, name, nxt = self._line(pos)
+        size = 0
+        if nxt < len(self._data):
+            try:
+                size = max(self._line(nxt)[0] - addr, 0)
+            except ValueError:
+                pass
+        binding, kind = _nm_type_to_binding_kind(typ)
+        return drgn.Symbol(name, addr, size, binding, kind)
+
+    def _all_lines(self) -> array:
+        if self._lines is None:
+            d, out, pos = self._data, array("Q"), 0
+            while pos < len(d):
+                out.append(pos)
+                pos = d.index(b"\n", pos) + 1
+            self._lines = out
+        return self._lines
+
+    def find(self, prog: drgn.Program, name: Optional[str], address: Optional[int],
+             one: bool) -> list[drgn.Symbol]:
+        if name is not None:
+            out = [self._symbol(p) for p in self.lookup(name)]
+        else:
+            out = [self._symbol(p) for p in self._all_lines()]
+        if address is not None:
+            out = [x for x in out if x.address <= address < x.address + max(x.size, 1)]
+        return out[:1] if one else out
+
+    __call__ = find
 
 
-def load_system_map(path: str, vmcoreinfo: dict[str, str]) -> drgn.SymbolIndex:
+def load_system_map(path: str, vmcoreinfo: dict[str, str]) -> SystemMapTable:
     """A System.map moved by KERNELOFFSET and checked against VMCOREINFO's symbols."""
-    entries = parse_system_map(_read_map(path), path)
-    if len(entries) <= 2 and any("System.map is in" in n or n == "The" for _, _, n in entries):
+    data = _read_map(path)
+    if not data.strip():
+        raise SymbolError("data", f"{path}: empty")
+    if data.count(b"\n") <= 2 and b"System.map is in" in data:
         raise SymbolError("data", f"{path}: a placeholder (Debian ships the real System.map in "
                           "the linux-image-<version>-dbg package)")
-    if not entries:
-        raise SymbolError("data", f"{path}: empty")
     try:
         offset = int(vmcoreinfo.get("KERNELOFFSET", "0"), 16)
     except ValueError:
         raise SymbolError("data", "VMCOREINFO KERNELOFFSET is not a number") from None
+    table = SystemMapTable(data, offset)
+    try:
+        table._line(0)
+    except (ValueError, UnicodeDecodeError):
+        raise SymbolError("data", f"{path}:1: not a System.map line") from None
+    _check_map(path, table, vmcoreinfo)
+    return table
 
-    def moved(addr: int) -> int:
-        return addr + offset if addr >= START_KERNEL_MAP else addr
-    _check_map(path, {n: moved(a) for a, _, n in entries}, vmcoreinfo)
-    return _index([(moved(a), t, n) for a, t, n in entries])
 
-
-def _check_map(path: str, addrs: dict[str, int], vmcoreinfo: dict[str, str]) -> None:
+def _check_map(path: str, table: SystemMapTable, vmcoreinfo: dict[str, str]) -> None:
     """Refuse a map whose symbols are not where this kernel says its own are."""
     # SYMBOL() is an address for symbols in the image; VMCOREINFO_SYMBOL_ARRAY() of a
     # pointer (mem_section with SPARSEMEM_EXTREME) is the pointer's value: not comparable
     known = {n: a for n, a in vmcoreinfo_symbols(vmcoreinfo).items() if a >= START_KERNEL_MAP}
-    common = [n for n in known if n in addrs]
+    try:
+        have = {n: table.address(n) for n in known}
+    except (ValueError, UnicodeDecodeError):
+        raise SymbolError("data", f"{path}: not a System.map (a line of another format)") \
+            from None
+    common = [n for n in known if have[n] is not None]
     if not common:
         raise SymbolError("debuginfo", f"{path}: shares no symbol with the kernel's VMCOREINFO: "
                           "not this kernel's System.map")
     for n in common:
-        if addrs[n] != known[n]:
+        if have[n] != known[n]:
             raise SymbolError("debuginfo", f"{path}: does not belong to this kernel: {n} is at "
-                              f"0x{addrs[n]:x} by the map (with KASLR offset), 0x{known[n]:x} "
+                              f"0x{have[n]:x} by the map (with KASLR offset), 0x{known[n]:x} "
                               "by the kernel")
-
-
-def _index(entries: list[tuple[int, str, str]]) -> drgn.SymbolIndex:
-    """A drgn symbol index; a symbol's size is the distance to the next one (as kallsyms)."""
-    from drgn.helpers.linux.kallsyms import _nm_type_to_binding_kind
-    entries.sort()
-    syms = []
-    for i, (addr, typ, name) in enumerate(entries):
-        nxt = next((a for a, _, _ in entries[i + 1:i + 8] if a > addr), addr)
-        binding, kind = _nm_type_to_binding_kind(typ)
-        syms.append(drgn.Symbol(name, addr, nxt - addr, binding, kind))
-    return drgn.SymbolIndex(syms)
 
 
 def btf_bounds(prog: drgn.Program) -> tuple[int, int]:
