@@ -24,7 +24,6 @@ from .snapshot import RangeState, Snapshot
 
 NS = "mmrwatch"
 COLLECTOR = "pgtable"
-from .cliopts import PER_RANGE  # noqa: E402,F401 (the collector's choices)
 ERROR_KINDS = ("starting", "noinput", "permission", "debuginfo", "data", "timeout", "config",
                "internal")
 CACHED = " (cached from the last successful check)"

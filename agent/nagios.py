@@ -16,8 +16,6 @@ from .snapshot import Snapshot, from_result
 OK_, WARN_, CRIT_, UNKNOWN = 0, 1, 2, 3
 LABEL = {OK_: "OK", WARN_: "WARNING", CRIT_: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
-from .cliopts import CHECK_EXIT_CODES as EXIT_CODES  # noqa: E402,F401
-from .cliopts import add_check_arguments as add_arguments  # noqa: E402,F401
 
 
 def line(code: int, text: str, snap: Snapshot | None = None) -> str:

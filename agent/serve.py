@@ -17,7 +17,6 @@ from typing import Optional
 
 from . import metrics, systemd, textfile, web, webconfig
 from .cliopts import DEFAULT_LISTEN
-from .cliopts import add_serve_arguments as add_arguments  # noqa: F401 (the CLI's name)
 from .monitor import Monitor
 
 log = logging.getLogger("mmrwatch")

@@ -17,7 +17,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from mmrwatch.agent import metrics, systemd, textfile
+from mmrwatch.agent import cliopts, metrics, systemd, textfile
 from mmrwatch.agent.monitor import Monitor
 from mmrwatch.collectors import engine
 from mmrwatch.collectors.target import Target, TargetError
@@ -147,7 +147,7 @@ def test_live_problem_not_seen_by_second_walk_is_not_reported():
 def test_exposition_is_valid_classic_and_openmetrics():
     m = _monitor(_uv("UV3", 2, healthy=False))
     m.run_once()
-    for per_range in metrics.PER_RANGE:
+    for per_range in cliopts.PER_RANGE:
         reg = metrics.registry(lambda: m.state, per_range)
         text = generate_latest(reg)
         p = subprocess.run([str(promtool()), "check", "metrics"], input=text,
