@@ -17,7 +17,6 @@ OK_, WARN_, CRIT_, UNKNOWN = 0, 1, 2, 3
 LABEL = {OK_: "OK", WARN_: "WARNING", CRIT_: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 
-
 def line(code: int, text: str, snap: Snapshot | None = None) -> str:
     out = f"MMRWATCH {LABEL[code]} - {text}"
     if snap is not None:
