@@ -35,7 +35,10 @@ from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
 
 NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED = ("not-uv-kernel", "uv-kernel-non-uv-hardware",
                                             "hubless", "hubbed")
-HUB_TYPE_BITS = {1: "UV2", 2: "UV3", 4: "UV4", 8: "UV4A", 16: "UV5"}   # uv_mmrs.h (v5.10+)
+# uv_mmrs.h (v5.10+), highest bit first: a UV4A hub has hub_type UV4|UV4A (v5.10
+# early_set_hub_type(): "uv_hub_type_set(UV4|UV4A)" for a revision-2 UV4 part), so the UV4
+# bit alone does not tell UV4 from UV4A
+HUB_TYPE_BITS = {16: "UV5", 8: "UV4A", 4: "UV4", 2: "UV3", 1: "UV2"}
 REVISION_BASES = ((9, "UV5"), (8, "UV4A"), (7, "UV4"), (5, "UV3"), (3, "UV2"), (1, "UV1"))
 # MMR overlay BASE_MASK / BASE_SHFT per hub (uv_mmrs.h)
 MMR_BASE = {"UV1": (0x00003FFFFC000000, 26), "UV2": (0x00003FFFFC000000, 26),
@@ -90,7 +93,8 @@ class UVSystem:
 
 
 def hub_name(revision: int, hub_type: Optional[int]) -> Optional[str]:
-    """Hub generation from the v5.10+ ``hub_type`` bitmask, else from the revision."""
+    """Hub generation from the v5.10+ ``hub_type`` bitmask (its highest generation bit),
+    else from the revision."""
     if hub_type:
         for bit, name in HUB_TYPE_BITS.items():
             if hub_type & bit:

@@ -27,7 +27,8 @@ LEAF_WB = x86.P | x86.RW | x86.A | x86.D | x86.PSE | x86.NX
 TABLE = x86.P | x86.RW | x86.US | x86.A | x86.D      # __init_extra_mapping(): _KERNPG_TABLE|_PAGE_USER
 EFI_UCMINUS = x86.P | x86.RW | x86.A | x86.D | x86.PSE | x86.NX | x86.PCD
 UV_X2APIC = 2
-HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (8, 8), "UV5": (16, 9)}
+# hub_type as v5.10+ uv_system_init_hub() leaves it (a UV4A is UV4|UV4A), and the revision
+HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (4 | 8, 8), "UV5": (16, 9)}
 
 
 class GuestMemory:

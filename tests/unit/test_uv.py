@@ -8,7 +8,8 @@ from mmrwatch.collectors.target import Target
 from tests.synth import KERNEL, UC, SynthKernel
 
 MMR_HI = 0x3FFF0000000          # a made-up MMR_HI base, 64 MiB aligned
-HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (8, 8), "UV5": (16, 9)}
+# hub_type as v5.10+ uv_system_init_hub() leaves it (a UV4A is UV4|UV4A), and the revision
+HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (4 | 8, 8), "UV5": (16, 9)}
 
 
 def _uv(hub: str, blades: int, v510=True, healthy=True, gru=True):
@@ -208,3 +209,16 @@ def test_mmr_direct_map_address_beyond_the_direct_map_window(window_tib, warned)
     assert bool(notes) == warned
     if warned:
         assert notes[0].startswith("MMR_HI[blade 0] (PA 0x3fff0000000)")
+
+
+def test_uv4a_is_named_by_its_highest_bit_and_gets_the_52_bit_overlay_mask():
+    """v5.10+ writes hub_type UV4|UV4A for a UV4A hub: testing the UV4 bit first named it
+    UV4 and masked global_mmr_base to UV4's 46 bits, dropping an MMR_HI above 64 TiB."""
+    assert uv.hub_name(8, 4 | 8) == "UV4A" and uv.hub_name(7, 4) == "UV4"
+    high = (1 << 48) | MMR_HI                     # above UV4's 46-bit BASE_MASK
+    sysm = uv.UVSystem(uv.HUBBED, "UV4A", 8, [uv.Hub(0, 0, 0, 8, high | 1 << 63, 26)])
+    (mmr,) = [s for s in uv.segments(sysm) if s[0] == "MMR_HI"]
+    assert mmr[1] == high
+    sysm4 = uv.UVSystem(uv.HUBBED, "UV4", 7, [uv.Hub(0, 0, 0, 7, high | 1 << 63, 26)])
+    (mmr4,) = [s for s in uv.segments(sysm4) if s[0] == "MMR_HI"]
+    assert mmr4[1] == MMR_HI                      # UV4 itself has only 46 address bits
