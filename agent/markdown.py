@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrwatch.collectors.ranges import human_size
+from mmrwatch.collectors.ranges import human_size, segment_label
 
 
 def _cell(v: Any) -> str:
@@ -44,7 +44,7 @@ def render(doc: dict[str, Any]) -> str:
          for n, s in doc["address_spaces"].items()])
     rows = []
     for r in doc["ranges"]:
-        label = r["name"] if r["blade"] is None else f"{r['name']} (blade {r['blade']})"
+        label = segment_label(r["name"], r.get("pnode"), r["blade"])
         for e in r["expectations"]:
             rows.append([label, f"`{r['phys_start']}`", human_size(r["size"]), e["mm"], e["rule"],
                          f"**{e['severity'].upper()}** {e['status']}" if e["severity"] in

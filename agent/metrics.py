@@ -140,7 +140,7 @@ class MmrwatchCollector:
         rows: list[RangeState] = list(s.ranges) if s else []
         if self.per_range == "mismatch":
             rows = [r for r in rows if r.mismatched_mms or any(r.stale.values())]
-        key = ["range", "blade"]
+        key = ["range", "blade", "pnode"]
         size = _g("range_size_bytes", "Size of the physical range" + CACHED + ".", key)
         info = InfoMetricFamily(f"{NS}_range", "Physical bounds and origin of each range"
                                 + CACHED + ".", labels=key + ["source", "kind", "start", "end"])
@@ -149,12 +149,12 @@ class MmrwatchCollector:
             ("wrong_cache", "Bytes of the range mapped with a forbidden cache mode in mm"),
             ("stale", "Bytes of the range absent from efi_mm's not-yet-resynced kernel half"))}
         for r in rows:
-            size.add_metric([r.name, r.blade], r.size)
-            info.add_metric([r.name, r.blade, r.source, r.kind, f"0x{r.phys:x}",
+            size.add_metric([r.name, r.blade, r.pnode], r.size)
+            info.add_metric([r.name, r.blade, r.pnode, r.source, r.kind, f"0x{r.phys:x}",
                              f"0x{r.phys + r.size:x}"], {})
             for n, fam in per_mm.items():
                 for mm, val in sorted(getattr(r, n).items()):
-                    fam.add_metric([r.name, r.blade, mm], val)
+                    fam.add_metric([r.name, r.blade, r.pnode, mm], val)
         yield size
         yield info
         yield from per_mm.values()

@@ -211,7 +211,8 @@ def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
                            for n, s in res.spaces.items()},
         "summary": {"ranges": len(res.ranges), "findings": res.severity_counts()},
         "uv": res.summaries.get("uv"),
-        "ranges": [{"name": r.name, "blade": r.blade, "source": r.source, "kind": r.kind,
+        "ranges": [{"name": r.name, "blade": r.blade, "pnode": r.pnode, "source": r.source,
+                    "kind": r.kind,
                     "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,
                     "attrs": dict(r.attrs),
                     "expectations": [_finding_json(f, res) for f in res.findings_of(r)]}

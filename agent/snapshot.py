@@ -21,6 +21,7 @@ class RangeState:
 
     name: str
     blade: str                     # "" for ranges that belong to no blade
+    pnode: str                     # "" except for UV segments (a pnode without a hub: no blade)
     source: str                    # uv | efi-memmap | config
     kind: str
     phys: int
@@ -102,7 +103,8 @@ def _range_state(rng, findings: list[Finding]) -> RangeState:
         elif f.status == "stale":
             stale[mm] = max(stale.get(mm, 0), f.missing_bytes)
     sev = worst(f.severity for f in findings)
-    return RangeState(rng.name, "" if rng.blade is None else str(rng.blade), rng.source,
+    return RangeState(rng.name, "" if rng.blade is None else str(rng.blade),
+                      "" if rng.pnode is None else str(rng.pnode), rng.source,
                       rng.kind, rng.phys, rng.size, unmapped, wrong, stale, sev)
 
 

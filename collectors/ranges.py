@@ -102,6 +102,7 @@ class Range:
     blade: Optional[int] = None
     attrs: tuple[tuple[str, str], ...] = ()
     expectations: tuple[Expectation, ...] = field(default=())
+    pnode: Optional[int] = None    # a UV segment's pnode (blade only where it has a hub)
 
     @property
     def end(self) -> int:
@@ -109,7 +110,14 @@ class Range:
 
     @property
     def label(self) -> str:
-        return self.name if self.blade is None else f"{self.name}[blade {self.blade}]"
+        return segment_label(self.name, self.pnode, self.blade)
+
+
+def segment_label(name: str, pnode: Optional[int], blade: Optional[int]) -> str:
+    """``MMR_HI[pnode 3, blade 1]``, ``MMR_HI[pnode 2]`` (no hub there), ``LOCAL_MMR``."""
+    parts = ([f"pnode {pnode}"] if pnode is not None else []) + \
+        ([f"blade {blade}"] if blade is not None else [])
+    return f"{name}[{', '.join(parts)}]" if parts else name
 
 
 def human_size(n: int) -> str:

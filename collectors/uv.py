@@ -31,7 +31,7 @@ from . import uvlog
 from .efi import Descriptor
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
-from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
+from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, va_for
 
 NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED = ("not-uv-kernel", "uv-kernel-non-uv-hardware",
                                             "hubless", "hubbed")
@@ -82,6 +82,10 @@ class UVSystem:
     @property
     def blades(self) -> int:
         return len(self.pnodes)
+
+    def blade_of(self) -> dict[int, int]:
+        """pnode -> blade (``numa_blade_id``) for the pnodes that have a hub."""
+        return {h.pnode: h.blade for h in self.hubs}
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"state": self.state}
@@ -257,7 +261,11 @@ def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
 
 
 def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozenset[str]]]:
-    """(name, phys, size, blade, cache) for every range the kernel maps."""
+    """(name, phys, size, pnode, cache) for every range the kernel maps.
+
+    ``map_high()`` maps ``max_pnode + 1`` segments, one per pnode from 0, whether or not a
+    pnode has a hub: a segment is a pnode's; it is a blade's only where that pnode has one
+    (``blade_of``)."""
     out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
         (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
     spans = _spans(sysm)
@@ -313,9 +321,10 @@ def _window_notes(sysm: UVSystem, facts: KernelFacts,
     vb = sysm.vmalloc_base
     if not vb or vb <= facts.page_offset_base:
         return
-    for name, pa, size, blade, _ in segs:
+    blades = sysm.blade_of()
+    for name, pa, size, pnode, _ in segs:
         if facts.page_offset_base + pa + size > vb:
-            label = name if blade is None else f"{name}[blade {blade}]"
+            label = segment_label(name, pnode, blades.get(pnode) if pnode is not None else None)
             sysm.notes.append(
                 f"{label} (PA 0x{pa:x}) has its direct-map address beyond the direct-map "
                 f"window (it ends {(pa + size - (vb - facts.page_offset_base)) >> 20} MiB "
@@ -335,7 +344,9 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     entry = entry_range(sysm, facts, descs, old_memmap)
     if entry is not None:
         out.append(entry)
-    for name, pa, size, blade, cache in segs:
+    blades = sysm.blade_of()
+    for name, pa, size, pnode, cache in segs:
+        blade = blades.get(pnode) if pnode is not None else None
         exps = [Expectation(INIT_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
                             why="uv_system_init() maps it with init_extra_mapping_*()"),
                 Expectation(EFI_MM, DIRECT, va_for(DIRECT, pa, facts), cache, writable=True,
@@ -351,5 +362,5 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
                 exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (pa - d.phys), ecache,
                                         why="firmware lists it as EFI runtime MMIO"))
         out.append(Range(name, pa, size, "uv", name, blade,
-                         (("hub", sysm.hub or "?"),), tuple(exps)))
+                         (("hub", sysm.hub or "?"),), tuple(exps), pnode))
     return out

@@ -56,6 +56,10 @@ def numa(bed):
         for hub, blades in HEALTHY:
             U.inject(guest, lambda gm: U.make_uv(gm, U.Personality(hub, blades)), resume=False)
             seen[(hub, blades)] = report_on_dump(guest, b, f"{hub}x{blades}", paused=True)
+        # a UV5 whose two hubs sit on pnodes 1 and 3: four segments, two of them no blade's
+        U.inject(guest, lambda gm: U.make_uv(gm, U.Personality("UV5", 2, pnodes=(1, 3))),
+                 resume=False)
+        seen["sparse"] = report_on_dump(guest, b, "UV5-sparse", paused=True)
 
         def faults(gm):
             seen["faults"] = U.many_faults(gm)
@@ -180,3 +184,18 @@ def test_faults_in_a_real_kdump(numa):
     assert doc["target"]["format"] == "kdump"
     _check_faults(doc, res.returncode, numa["efi_pages"])
     assert doc["crash"]["crashed"] and doc["crash"]["panic_message"] == "sysrq triggered crash"
+
+
+def test_segments_are_labelled_by_pnode_and_blade_only_where_a_hub_is(numa):
+    """Hubs on pnodes 1 and 3: map_high() maps pnodes 0-3, so MMR_HI/GRU_HI have four
+    segments each, and only pnodes 1 and 3 are blades (0 and 1, their numa_blade_id)."""
+    doc, rc = numa["sparse"]
+    assert rc == 0, doc
+    assert doc["uv"]["blades"] == 2 and doc["uv"]["max_pnode"] == 3
+    for name, seg in (("MMR_HI", 32 << 20), ("GRU_HI", 32 << 20)):
+        segs = sorted((r["pnode"], r["blade"], int(r["phys_start"], 16)) for r in _uv(doc)
+                      if r["name"] == name)
+        base = MMR_HI if name == "MMR_HI" else GRU
+        assert segs == [(0, None, base), (1, 0, base + seg), (2, None, base + 2 * seg),
+                        (3, 1, base + 3 * seg)], segs
+

@@ -99,7 +99,7 @@ def test_uv_scenarios_on_a_running_kernel(bed):
 
     tail = seen["ptdump"].split("---[ mmrwatch: ")[1].splitlines()
     assert tail[0] == "hubbed UV4 (revision 7), 1 blade(s), pnodes 0-0 ]---"
-    assert [ln.split()[1] for ln in tail[1:]] == ["LOCAL_MMR", "MMR_HI[blade", "GRU_HI[blade"]
+    assert [ln.split()[1] for ln in tail[1:]] == ["LOCAL_MMR", "MMR_HI[pnode", "GRU_HI[pnode"]
     assert all(" ok " in ln for ln in tail[1:])
 
     doc, rc = seen["wb"]

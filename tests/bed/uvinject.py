@@ -233,6 +233,15 @@ class Personality:
     blades: int = 1
     mmr_hi: int = 0x3FFF0000000
     gru: Optional[int] = 0x7FF00000000
+    pnodes: Optional[tuple[int, ...]] = None    # blade b's pnode (default b): gaps allowed
+
+    def pnode(self, blade: int) -> int:
+        return self.pnodes[blade] if self.pnodes else blade
+
+    @property
+    def segments(self) -> int:
+        """map_high() maps max_pnode + 1 segments, hub or not."""
+        return self.pnode(self.blades - 1) + 1
 
 
 def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str, tuple[int, int]]:
@@ -259,7 +268,7 @@ def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str,
         blade = node * p.blades // nodes
         h = gm.pa_of("uv_hub_info_node0") if node == 0 else gm.alloc()
         vals = {"hub_revision": rev, "global_mmr_base": p.mmr_hi, "global_mmr_shift": shift,
-                "pnode": blade, "numa_blade_id": blade, "m_val": 40, "n_val": 6,
+                "pnode": p.pnode(blade), "numa_blade_id": blade, "m_val": 40, "n_val": 6,
                 "memory_nid": node}
         if any(m.name == "hub_type" for m in t.members):
             vals["hub_type"] = hub_type
@@ -269,13 +278,13 @@ def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str,
     gm.set_var("__uv_hub_info_list", gm.facts.page_offset_base + lst)
     gm.set_var("uv_min_hub_revision_id", rev)
     ranges = {"LOCAL_MMR": (0xFA000000, 32 << 20),
-              "MMR_HI": (p.mmr_hi, p.blades << shift)}
+              "MMR_HI": (p.mmr_hi, p.segments << shift)}
     if p.hub in ("UV2", "UV3"):
         ranges["GLOBAL_MMR32"] = (0xFC000000, 32 << 20)
     if p.gru:
         gm.set_var("gru_start_paddr", p.gru)
-        gm.set_var("gru_end_paddr", p.gru + (p.blades << gshift))
-        ranges["GRU_HI"] = (p.gru, p.blades << gshift)
+        gm.set_var("gru_end_paddr", p.gru + (p.segments << gshift))
+        ranges["GRU_HI"] = (p.gru, p.segments << gshift)
     gm.set_var("uv_system_type", UV_X2APIC)
     if map_init:
         init = gm.root("init_mm")

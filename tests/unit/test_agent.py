@@ -63,6 +63,9 @@ def test_healthy_uv4_exports_zero_mismatch_and_no_range_series_by_default():
     s_all = _samples(metrics.registry(lambda: m.state, "all"))
     got = {(dict(k[1])["range"], dict(k[1])["blade"]): v for k, v in s_all.items()
            if k[0] == "mmrwatch_range_size_bytes"}
+    # a UV segment carries its pnode (here pnode i holds blade i); other ranges none
+    assert {dict(k[1])["pnode"] for k in s_all if k[0] == "mmrwatch_range_size_bytes"} == \
+        {"", "0", "1"}
     assert got == UV4_2
 
 
@@ -75,8 +78,9 @@ def test_unmapped_uv_ranges_are_counted_per_range_and_mm():
         assert _get(s, "mmrwatch_unmapped_bytes", mm=mm) == total
         assert _get(s, "mmrwatch_mismatched_ranges", mm=mm) == len(UV4_2)
         for (rng, blade), size in UV4_2.items():
-            assert _get(s, "mmrwatch_range_unmapped_bytes", range=rng, blade=blade, mm=mm) == size
-    assert _get(s, "mmrwatch_range_info", range="LOCAL_MMR", blade="", source="uv",
+            assert _get(s, "mmrwatch_range_unmapped_bytes", range=rng, blade=blade,
+                        pnode=blade, mm=mm) == size
+    assert _get(s, "mmrwatch_range_info", range="LOCAL_MMR", blade="", pnode="", source="uv",
                 kind="LOCAL_MMR", start="0xfa000000", end="0xfc000000") == 1
     assert m.state[1].status_line().startswith("LOCAL_MMR missing in efi_mm")
 

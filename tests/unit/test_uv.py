@@ -70,7 +70,7 @@ def test_one_blade_segment_missing():
         k.write_entry(pmd, ((k.pob + base + off) >> 21) & 511, 0)
     res = _check(k)
     bad = {(f.range.label, f.mm) for f in res.findings if f.severity == CRITICAL}
-    assert bad == {("MMR_HI[blade 1]", "init_mm"), ("MMR_HI[blade 1]", "efi_mm")}
+    assert bad == {("MMR_HI[pnode 1, blade 1]", "init_mm"), ("MMR_HI[pnode 1, blade 1]", "efi_mm")}
 
 
 def test_write_back_mmr_is_critical():
@@ -208,7 +208,7 @@ def test_mmr_direct_map_address_beyond_the_direct_map_window(window_tib, warned)
     notes = [n for n in res.notes if "beyond the direct-map window" in n]
     assert bool(notes) == warned
     if warned:
-        assert notes[0].startswith("MMR_HI[blade 0] (PA 0x3fff0000000)")
+        assert notes[0].startswith("MMR_HI[pnode 0, blade 0] (PA 0x3fff0000000)")
 
 
 def test_uv4a_is_named_by_its_highest_bit_and_gets_the_52_bit_overlay_mask():
@@ -222,3 +222,20 @@ def test_uv4a_is_named_by_its_highest_bit_and_gets_the_52_bit_overlay_mask():
     sysm4 = uv.UVSystem(uv.HUBBED, "UV4", 7, [uv.Hub(0, 0, 0, 7, high | 1 << 63, 26)])
     (mmr4,) = [s for s in uv.segments(sysm4) if s[0] == "MMR_HI"]
     assert mmr4[1] == MMR_HI                      # UV4 itself has only 46 address bits
+
+
+def test_segments_are_labelled_by_pnode_and_by_blade_only_where_a_hub_is():
+    """map_high() maps max_pnode + 1 segments from pnode 0: with hubs on pnodes 1 and 3 (a
+    UV5 of two blades), pnodes 0 and 2 are segments of no blade, and blade numbers are the
+    hubs' numa_blade_id, not segment indexes."""
+    sysm = uv.UVSystem(uv.HUBBED, "UV5", 9, [uv.Hub(0, 1, 0, 9, MMR_HI | 1 << 63, 25),
+                                             uv.Hub(1, 3, 1, 9, MMR_HI | 1 << 63, 25)],
+                       (0x7FF00000000, 0x7FF00000000 + 4 * (1 << 25)), True)
+    from mmrwatch.collectors.kernel import KernelFacts
+    from mmrwatch.collectors import x86
+    facts = KernelFacts("6.1", 4, 0xFFFF888000000000, 0, (1 << 52) - 1, 0, x86.CacheModes(None),
+                        0, {})
+    mmr = [r for r in uv.ranges(sysm, facts, []) if r.name == "MMR_HI"]
+    assert [(r.pnode, r.blade) for r in mmr] == [(0, None), (1, 0), (2, None), (3, 1)]
+    assert [r.label for r in mmr] == ["MMR_HI[pnode 0]", "MMR_HI[pnode 1, blade 0]",
+                                      "MMR_HI[pnode 2]", "MMR_HI[pnode 3, blade 1]"]
