@@ -47,6 +47,7 @@ DECLARED: dict[str, str] = {
     "gru_start_paddr": "u64",
     "gru_end_paddr": "u64",
     "uv_systab": "struct uv_systab *",
+    "uv_systab_phys": "unsigned long",
     # mm/page_alloc.c, kernel/smp.c, kernel/cpu.c, arch/x86/kernel/setup_percpu.c
     "nr_node_ids": "unsigned int",
     "nr_cpu_ids": "unsigned int",

@@ -71,6 +71,7 @@ class UVSystem:
     gru: Optional[tuple[int, int]] = None
     has_hub_type: bool = False          # v5.10+ layout
     bios_entry: Optional[int] = None    # uv_systab->function
+    systab_phys: Optional[int] = None   # uv_systab_phys, checked instead when live (kcore)
     logged: dict[str, uvlog.LoggedMap] = field(default_factory=dict)   # boot "UV: Map" lines
     vmalloc_base: Optional[int] = None  # where the direct-map window ends (KASLR layout)
     notes: list[str] = field(default_factory=list)
@@ -177,9 +178,30 @@ def discover(prog: drgn.Program) -> UVSystem:
                           "not map them by design")
     sysm.notes.extend(_log_disagreements(sysm))
     sysm.bios_entry, why = bios_entry(prog)
+    if why == LIVE_SYSTAB:
+        sysm.systab_phys = _systab_phys(prog)
+        why = (f"{LIVE_SYSTAB}; checked instead: the page holding UVsystab (uv_systab_phys "
+               f"0x{sysm.systab_phys:x}) mapped in efi_mm" if sysm.systab_phys else LIVE_SYSTAB)
     if why:
         sysm.notes.append(why)
     return sysm
+
+
+# bios_uv.c: uv_bios_init() ioremap()s the table, and /proc/kcore's vread() skips
+# VM_IOREMAP areas: live, every byte of it reads 0 (identical v5.14 .. v7.1)
+LIVE_SYSTAB = ("UVsystab cannot be read through /proc/kcore (the kernel ioremaps it and kcore "
+               "reads ioremapped memory as zeros): the UV BIOS entry itself is checked in dumps "
+               "only")
+
+
+def _systab_phys(prog: drgn.Program) -> Optional[int]:
+    """``uv_systab_phys`` (v5.14+ bios_uv.c; EFI_INVALID_TABLE_ADDR (~0) when unset)."""
+    obj = lookup(prog, "uv_systab_phys")
+    try:
+        v = obj.value_() if obj is not None else None
+    except drgn.FaultError:
+        return None
+    return v if v and v != (1 << 64) - 1 else None
 
 
 def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
@@ -196,7 +218,10 @@ def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
             if not tab.value_():
                 return None, "no UVsystab (uv_systab is NULL): the UV BIOS entry is not checked"
             tab = tab[0]
-        if bytes(tab.signature.to_bytes_())[:4] != b"UVST":
+        sig = bytes(tab.signature.to_bytes_())[:4]
+        if sig != b"UVST":
+            if prog.flags & drgn.ProgramFlags.IS_LIVE and not any(sig):
+                return None, LIVE_SYSTAB
             return None, "UVsystab has no UVST signature: the UV BIOS entry is not checked"
         fn = tab.function.value_()
     except drgn.FaultError:
@@ -313,6 +338,27 @@ def entry_range(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     return None
 
 
+def systab_range(sysm: UVSystem, descs: list[Descriptor]) -> Optional[Range]:
+    """Live stand-in for the BIOS entry: the page holding UVsystab must be mapped in efi_mm
+    (uv_bios_call() reads uv_systab->function there on efi_mm) where the firmware's runtime
+    descriptor says: 1:1 and at its EFI VA."""
+    page = sysm.systab_phys & ~0xFFF if sysm.systab_phys is not None else None
+    for d in descs:
+        if page is None or not d.runtime or not d.phys <= page < d.phys + d.size:
+            continue
+        why = "uv_bios_init() reads UVsystab there; BIOS calls run on efi_mm"
+        exps = [Expectation(EFI_MM, IDENTITY, page, None, why=why)]
+        if d.virt and d.virt != d.phys:
+            exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (page - d.phys), None, why=why))
+        return Range("UV_SYSTAB", page, 4096, "uv", "UVsystab", None,
+                     (("uv_systab_phys", f"0x{sysm.systab_phys:x}"),
+                      ("efi_region", d.type_name)), tuple(exps))
+    if page is not None:
+        sysm.notes.append(f"UVsystab (uv_systab_phys 0x{sysm.systab_phys:x}) lies in no EFI "
+                          "runtime region: the firmware's own map does not cover it")
+    return None
+
+
 def _window_notes(sysm: UVSystem, facts: KernelFacts,
                   segs: list[tuple[str, int, int, Optional[int], frozenset[str]]]) -> None:
     """A UV range whose direct-map address runs past ``vmalloc_base`` was mapped by
@@ -344,6 +390,10 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     entry = entry_range(sysm, facts, descs, old_memmap)
     if entry is not None:
         out.append(entry)
+    elif sysm.systab_phys is not None:
+        tab = systab_range(sysm, descs)
+        if tab is not None:
+            out.append(tab)
     blades = sysm.blade_of()
     for name, pa, size, pnode, cache in segs:
         blade = blades.get(pnode) if pnode is not None else None

@@ -50,12 +50,14 @@ class SynthKernel:
     def set_uv(self, system_type: int = 2, hubless: int = 0, hub_type: int = 4,
                revision: int = 7, pnodes: tuple[int, ...] = (0,), mmr_base: int = 0,
                mmr_shift: int = 26, gru: tuple[int, int] = (0, 0), v510: bool = True,
-               bios_entry: Optional[int] = None) -> None:
+               bios_entry: Optional[int] = None, systab_phys: Optional[int] = None,
+               systab_zeros: bool = False) -> None:
         """UV globals as uv_system_init() leaves them (one hub info per pnode/node); with
         ``bios_entry`` also a UVsystab (``uv_systab->function``), as uv_bios_init() maps it."""
         self.uv_state = dict(system_type=system_type, hubless=hubless, hub_type=hub_type,
                              revision=revision, pnodes=pnodes, mmr_base=mmr_base,
-                             mmr_shift=mmr_shift, gru=gru, v510=v510, bios_entry=bios_entry)
+                             mmr_shift=mmr_shift, gru=gru, v510=v510, bios_entry=bios_entry,
+                             systab_phys=systab_phys, systab_zeros=systab_zeros)
 
     # -- memory ------------------------------------------------------------------------------
     def alloc(self) -> int:
@@ -137,7 +139,7 @@ class SynthKernel:
                 f"NUMBER(pgtable_l5_enabled)={1 if self.levels == 5 else 0}\n"
                 f"KERNELOFFSET=0\n").encode()
 
-    def program(self, vmcore: Optional[str] = None) -> Program:
+    def program(self, vmcore: Optional[str] = None, live: bool = False) -> Program:
         """A drgn Program over this RAM, flagged as a Linux kernel, with our globals.
 
         Memory comes from a Python callback, or with ``vmcore`` from an ELF core file that
@@ -152,7 +154,7 @@ class SynthKernel:
             ram = self.ram
             prog.add_memory_segment(0, len(ram), lambda a, n, off, phys: bytes(ram[off:off + n]),
                                     True)
-            prog.set_linux_kernel_custom(self.vmcoreinfo(), False)
+            prog.set_linux_kernel_custom(self.vmcoreinfo(), live)
         types = _Types(prog)
         objs = self._objects(prog, types)
 
@@ -240,7 +242,8 @@ class SynthKernel:
         systab = 0
         if u["bios_entry"] is not None:
             systab = self.alloc()
-            struct.pack_into("<4sIQI", self.ram, systab, b"UVST", 0x400, u["bios_entry"], 24)
+            if not u["systab_zeros"]:     # zeros: how /proc/kcore shows an ioremapped table
+                struct.pack_into("<4sIQI", self.ram, systab, b"UVST", 0x400, u["bios_entry"], 24)
         extra = {}
         if self.old_memmap:
             extra["efi_uv1_memmap_phys_prolog"] = Object(prog, t.int, 0)
@@ -248,6 +251,8 @@ class SynthKernel:
             **extra,
             "uv_systab": Object(prog, prog.pointer_type(t.systab),
                                 (self.pob + systab) if systab else 0),
+            "uv_systab_phys": Object(prog, t.ulong, u["systab_phys"]
+                                     if u["systab_phys"] is not None else (1 << 64) - 1),
             "uv_system_type": Object(prog, t.int, u["system_type"]),
             "uv_hubless_system": Object(prog, t.int, u["hubless"]),
             "uv_min_hub_revision_id": Object(prog, t.int, u["revision"]),

@@ -239,3 +239,28 @@ def test_segments_are_labelled_by_pnode_and_by_blade_only_where_a_hub_is():
     assert [(r.pnode, r.blade) for r in mmr] == [(0, None), (1, 0), (2, None), (3, 1)]
     assert [r.label for r in mmr] == ["MMR_HI[pnode 0]", "MMR_HI[pnode 1, blade 0]",
                                       "MMR_HI[pnode 2]", "MMR_HI[pnode 3, blade 1]"]
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_live_uvsystab_reads_as_zeros_so_its_page_is_checked_in_efi_mm(mapped):
+    """/proc/kcore reads the ioremapped UVsystab as zeros: live, mmrwatch says so plainly
+    (not "no UVST signature") and checks what it can: uv_systab_phys, the EFI runtime
+    descriptor holding it, and that page's mapping in efi_mm (1:1 and at its EFI VA)."""
+    k = _with_entry(CODE_PA + 0x10, efi_table=False)
+    k.uv_state.update(systab_zeros=True, systab_phys=DATA_PA + 0x1040)
+    if mapped:
+        for pa, va in ((DATA_PA, DATA_VA), (DATA_PA, DATA_PA)):
+            k.map(k.efi_root, va, pa, 16 << 12, 4096, KERNEL)
+    t = Target(k.program(live=True), "/proc/kcore", True, "live", None, None)
+    res = engine.run_check(t, [engine.uv_source])
+    assert not _entry(res)
+    assert any(n.startswith("UVsystab cannot be read through /proc/kcore") and
+               f"uv_systab_phys 0x{DATA_PA + 0x1040:x}" in n for n in res.notes), res.notes
+    tab = [f for f in res.findings if f.range.name == "UV_SYSTAB"]
+    assert {(f.exp.rule, f.exp.va) for f in tab} == {("identity", DATA_PA + 0x1000),
+                                                    ("efi_va", DATA_VA + 0x1000)}
+    assert all(f.range.phys == DATA_PA + 0x1000 for f in tab)
+    assert {f.severity for f in tab} == ({OK} if mapped else {CRITICAL})
+    # the same zeros in a dump are what they say: no signature
+    res = _check(k)
+    assert any("no UVST signature" in n for n in res.notes)
