@@ -100,7 +100,7 @@ def _range_state(rng, findings: list[Finding]) -> RangeState:
             unmapped[mm] = max(unmapped[mm], f.missing_bytes + f.misdirected_bytes)
         elif f.severity == CRITICAL and f.status == "wrong-cache":
             wrong[mm] = max(wrong[mm], f.wrong_cache_bytes)
-        elif f.status == "stale":
+        elif f.status in ("stale", "diverged"):     # efi_mm's copy is out of date
             stale[mm] = max(stale.get(mm, 0), f.missing_bytes)
     sev = worst(f.severity for f in findings)
     return RangeState(rng.name, "" if rng.blade is None else str(rng.blade),

@@ -143,10 +143,28 @@ class Checker:
         init_exts, _ = self._extents(init.root_pa, exp.va, f.range.size)
         if not init_exts:
             return
-        if self._top_entry(init.root_pa, exp.va) != self._top_entry(efi.root_pa, exp.va):
-            f.status, f.severity = "stale", WARNING
+        mine, theirs = self._top_entry(efi.root_pa, exp.va), self._top_entry(init.root_pa, exp.va)
+        if mine == theirs:
+            return
+        # efi_sync_low_kernel_mappings() copies init_mm's kernel-half top-level entries into
+        # efi_mm by value at every EFI call (arch_efi_call_virt_setup(); v4.6 .. v7.1), so
+        # both cases below are repaired before the firmware next runs; in between nothing
+        # loads efi_mm.  An empty slot is the ordinary window; a different one means
+        # init_mm replaced the table since the last EFI call (memory hot-remove, or
+        # corruption) and efi_mm still points at the old one.
+        f.severity = WARNING
+        if not mine:
+            f.status = "stale"
             f.message = ("kernel-half slot present in init_mm but not yet copied into efi_mm "
                          "(no EFI call since the mapping was made)")
+        else:
+            f.status = "diverged"
+            mask = self.walker.phys_mask & ~0xFFF
+            f.message = (f"kernel-half slot differs: efi_mm has 0x{mine:x} (table at PA "
+                         f"0x{mine & mask:x}), init_mm 0x{theirs or 0:x} (table at PA "
+                         f"0x{(theirs or 0) & mask:x}): init_mm replaced that table since the "
+                         "last EFI call (memory hot-remove, or corruption); the next EFI call "
+                         "copies init_mm's entry into efi_mm")
 
     def _extents(self, root_pa: int, va: int, size: int) -> tuple[list[Extent], list[WalkError]]:
         """The extents of ``[va, va + size)`` in the tree at ``root_pa`` and the walk errors

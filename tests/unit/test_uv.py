@@ -94,6 +94,22 @@ def test_stale_slot_is_a_warning():
     assert res.verdict == WARNING
 
 
+def test_a_different_kernel_half_slot_is_not_the_stale_window():
+    """efi_mm's slot non-empty but not init_mm's: a table replaced since the last EFI call
+    (hot-remove) or corruption, reported with both entries, not as the empty-slot window."""
+    k = _uv("UV4", 1, healthy=False, gru=False)
+    hi_va = k.pob + MMR_HI
+    k.map(k.init_root, hi_va, MMR_HI, 1 << 26, 1 << 21, KERNEL | UC)
+    k.sync_kernel_half()
+    idx = x86.top_index(hi_va, 4)
+    old = k.alloc()                              # efi_mm still points at a table init_mm left
+    k.write_entry(k.efi_root, idx, (k.read_entry(k.init_root, idx) & 0xFFF) | old)
+    res = _check(k)
+    f = next(f for f in res.findings if f.range.name == "MMR_HI" and f.mm == "efi_mm")
+    assert (f.status, f.severity) == ("diverged", WARNING)
+    assert f"table at PA 0x{old:x}" in f.message and "init_mm 0x" in f.message
+
+
 @pytest.mark.parametrize("kw,state", [
     (dict(system_type=0), uv.NOT_UV_HW),
     (dict(system_type=0, hubless=1), uv.HUBLESS),
