@@ -248,28 +248,47 @@ def _hub_spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
 
 
 def _spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
-    """The spans to check: what the kernel logged it mapped wins over hub info."""
+    """The spans to check.  MMR_HI: what the kernel *addresses*, ``global_mmr_base |
+    pnode << global_mmr_shift`` from hub info (the BIOS GAM table on UV4/UV5), else what
+    ``map_mmr_high()`` logged it mapped from the overlay register.  GRU_HI: the logged
+    mapping wins over ``gru_start/end_paddr``."""
     out = _hub_spans(sysm)
     for key in ("MMR", "GRU"):
         m = sysm.logged.get(key)
-        if m is not None:
+        if m is not None and (key == "GRU" or key not in out):
             n = m.segments or (out[key][2] if key in out else 1)
             out[key] = (m.start, m.size // n, n)
     return out
 
 
 def _log_disagreements(sysm: UVSystem) -> list[str]:
+    """Which source each high span came from, and where hub info and the kernel's boot
+    line disagree (the kernel then maps one span and addresses another)."""
     notes = []
     hub = _hub_spans(sysm)
-    for key, what in (("MMR", "hub info's global_mmr_base/shift"), ("GRU", "gru_start/end_paddr")):
-        m = sysm.logged.get(key)
-        if m is None or key not in hub:
-            continue
-        start, seg, n = hub[key]
-        if (start, start + seg * n) != (m.start, m.end):
-            notes.append(f"{what} give {key}_HI 0x{start:x}-0x{start + seg * n:x}, but the "
-                         f"kernel logged mapping 0x{m.start:x}-0x{m.end:x} at boot: checking "
-                         "what the kernel mapped")
+    m = sysm.logged.get("MMR")
+    if "MMR" in hub:
+        start, seg, n = hub["MMR"]
+        if m is None:
+            notes.append("MMR_HI from hub info (global_mmr_base | pnode << global_mmr_shift: "
+                         "what the kernel addresses); the kernel's 'UV: Map MMR_HI' boot line "
+                         "is not in the log (rotated, or logged at debug level before 5.10), so "
+                         "what it mapped from the overlay register is not compared")
+        elif (start, start + seg * n) != (m.start, m.end):
+            notes.append(f"MMR_HI disagreement: hub info's global_mmr_base/shift give "
+                         f"0x{start:x}-0x{start + seg * n:x} (what the kernel addresses, "
+                         f"checked), but the kernel logged mapping 0x{m.start:x}-0x{m.end:x} "
+                         "from the overlay register at boot")
+    elif m is not None:
+        notes.append("MMR_HI from the kernel's 'UV: Map MMR_HI' boot line (hub info has no "
+                     "global_mmr_base)")
+    g = sysm.logged.get("GRU")
+    if g is not None and "GRU" in hub:
+        start, seg, n = hub["GRU"]
+        if (start, start + seg * n) != (g.start, g.end):
+            notes.append(f"gru_start/end_paddr give GRU_HI 0x{start:x}-0x{start + seg * n:x}, "
+                         f"but the kernel logged mapping 0x{g.start:x}-0x{g.end:x} at boot: "
+                         "checking what the kernel mapped")
     return notes
 
 

@@ -61,14 +61,21 @@ def test_log_that_agrees_changes_nothing():
     assert uv._log_disagreements(_sysm(logged=logged)) == []
 
 
-def test_the_logged_mmr_span_wins_over_hub_info():
+def test_mmr_hi_is_checked_where_the_kernel_addresses_it_and_a_disagreement_is_flagged():
     """global_mmr_base from the BIOS GAM table says one thing, the overlay register the
-    kernel mapped from another: the kernel's mapping is what must be there."""
+    kernel mapped from another: the kernel addresses its MMRs through hub info, so that
+    span is checked, and the note says both."""
     real = 0x1FFF0000000
     s = _sysm(logged=[LoggedMap("MMR", real, real + (2 << 26), "UC", 2)])
-    assert _hi(uv.segments(s), "MMR_HI") == [(real, 1 << 26, 0), (real + (1 << 26), 1 << 26, 1)]
+    assert _hi(uv.segments(s), "MMR_HI") == [(MMR, 1 << 26, 0), (MMR + (1 << 26), 1 << 26, 1)]
     (note,) = uv._log_disagreements(s)
-    assert "MMR_HI 0x3fff0000000-0x3fff8000000" in note and "0x1fff0000000-0x1fff8000000" in note
+    assert note.startswith("MMR_HI disagreement") and "0x3fff0000000-0x3fff8000000" in note \
+        and "0x1fff0000000-0x1fff8000000" in note
+
+
+def test_mmr_hi_without_the_boot_line_says_it_came_from_hub_info():
+    (note,) = uv._log_disagreements(_sysm())
+    assert note.startswith("MMR_HI from hub info") and "boot line is not in the log" in note
 
 
 def test_mmioh_from_the_log_is_checked_uncached():
