@@ -27,7 +27,7 @@ from typing import Optional
 
 import drgn
 
-from . import uvlog
+from . import uvbios, uvlog
 from .efi import Descriptor
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
@@ -177,59 +177,15 @@ def discover(prog: drgn.Program) -> UVSystem:
                           "are not in the log (any more): not checked; on UV3+ the kernel does "
                           "not map them by design")
     sysm.notes.extend(_log_disagreements(sysm))
-    sysm.bios_entry, why = bios_entry(prog)
-    if why == LIVE_SYSTAB:
-        sysm.systab_phys = _systab_phys(prog)
-        why = (f"{LIVE_SYSTAB}; checked instead: the page holding UVsystab (uv_systab_phys "
-               f"0x{sysm.systab_phys:x}) mapped in efi_mm" if sysm.systab_phys else LIVE_SYSTAB)
+    sysm.bios_entry, why = uvbios.bios_entry(prog)
+    if why == uvbios.LIVE_SYSTAB:
+        sysm.systab_phys = uvbios.systab_phys(prog)
+        if sysm.systab_phys:
+            why += (f"; checked instead: the page holding UVsystab (uv_systab_phys "
+                    f"0x{sysm.systab_phys:x}) mapped in efi_mm")
     if why:
         sysm.notes.append(why)
     return sysm
-
-
-# bios_uv.c: uv_bios_init() ioremap()s the table, and /proc/kcore's vread() skips
-# VM_IOREMAP areas: live, every byte of it reads 0 (identical v5.14 .. v7.1)
-LIVE_SYSTAB = ("UVsystab cannot be read through /proc/kcore (the kernel ioremaps it and kcore "
-               "reads ioremapped memory as zeros): the UV BIOS entry itself is checked in dumps "
-               "only")
-
-
-def _systab_phys(prog: drgn.Program) -> Optional[int]:
-    """``uv_systab_phys`` (v5.14+ bios_uv.c; EFI_INVALID_TABLE_ADDR (~0) when unset)."""
-    obj = lookup(prog, "uv_systab_phys")
-    try:
-        v = obj.value_() if obj is not None else None
-    except drgn.FaultError:
-        return None
-    return v if v and v != (1 << 64) - 1 else None
-
-
-def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
-    """``uv_systab->function`` (the UV BIOS entry), or None and why it is unknown.
-
-    v4.7+ keep an ioremapped ``struct uv_systab *uv_systab``; v4.6 a static copy.  The table
-    itself lives in firmware memory, which a kdump usually leaves out.
-    """
-    tab = lookup(prog, "uv_systab")
-    if tab is None:
-        return None, None
-    try:
-        if tab.type_.kind == drgn.TypeKind.POINTER:
-            if not tab.value_():
-                return None, "no UVsystab (uv_systab is NULL): the UV BIOS entry is not checked"
-            tab = tab[0]
-        sig = bytes(tab.signature.to_bytes_())[:4]
-        if sig != b"UVST":
-            if prog.flags & drgn.ProgramFlags.IS_LIVE and not any(sig):
-                return None, LIVE_SYSTAB
-            return None, "UVsystab has no UVST signature: the UV BIOS entry is not checked"
-        fn = tab.function.value_()
-    except drgn.FaultError:
-        return None, ("UVsystab is not readable (firmware memory is usually not in a dump): "
-                      "the UV BIOS entry is not checked")
-    if not fn:
-        return None, "UVsystab has no BIOS entry (function is 0)"
-    return fn, None
 
 
 def _hub_spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
@@ -323,61 +279,6 @@ def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozens
     return out
 
 
-def entry_range(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
-                old_memmap: bool) -> Optional[Range]:
-    """The page holding the UV BIOS entry, expected executable where BIOS calls run.
-
-    None when the entry is unknown, or (noted) when no EFI runtime region holds it: then
-    there is no physical address to hold the mapping against.
-    """
-    fn = sysm.bios_entry
-    if fn is None:
-        return None
-    page = fn & ~0xFFF
-    why = "uv_bios_call() jumps to uv_systab->function"
-    if old_memmap:        # function is physical; the kernel's own table serves BIOS calls
-        exp = Expectation(INIT_MM, DIRECT, va_for(DIRECT, page, facts), None, executable=True,
-                          why=why + " on the kernel page table (EFI old memory map)")
-        return Range("UV_BIOS_ENTRY", page, 4096, "uv", "UV BIOS entry", None,
-                     (("function", f"0x{fn:x}"),), (exp,))
-    for d in descs:
-        if not d.runtime:
-            continue
-        if d.virt and d.virt <= page < d.virt + d.size:
-            phys, rule = d.phys + (page - d.virt), EFI_VA
-        elif d.phys <= page < d.phys + d.size:
-            phys, rule = page, IDENTITY
-        else:
-            continue
-        exp = Expectation(EFI_MM, rule, page, None, executable=True, why=why + " on efi_mm")
-        return Range("UV_BIOS_ENTRY", phys, 4096, "uv", "UV BIOS entry", None,
-                     (("function", f"0x{fn:x}"), ("efi_region", d.type_name)), (exp,))
-    sysm.notes.append(f"UV BIOS entry 0x{fn:x} lies in no EFI runtime region: "
-                      "the firmware's own map does not cover it")
-    return None
-
-
-def systab_range(sysm: UVSystem, descs: list[Descriptor]) -> Optional[Range]:
-    """Live stand-in for the BIOS entry: the page holding UVsystab must be mapped in efi_mm
-    (uv_bios_call() reads uv_systab->function there on efi_mm) where the firmware's runtime
-    descriptor says: 1:1 and at its EFI VA."""
-    page = sysm.systab_phys & ~0xFFF if sysm.systab_phys is not None else None
-    for d in descs:
-        if page is None or not d.runtime or not d.phys <= page < d.phys + d.size:
-            continue
-        why = "uv_bios_init() reads UVsystab there; BIOS calls run on efi_mm"
-        exps = [Expectation(EFI_MM, IDENTITY, page, None, why=why)]
-        if d.virt and d.virt != d.phys:
-            exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (page - d.phys), None, why=why))
-        return Range("UV_SYSTAB", page, 4096, "uv", "UVsystab", None,
-                     (("uv_systab_phys", f"0x{sysm.systab_phys:x}"),
-                      ("efi_region", d.type_name)), tuple(exps))
-    if page is not None:
-        sysm.notes.append(f"UVsystab (uv_systab_phys 0x{sysm.systab_phys:x}) lies in no EFI "
-                          "runtime region: the firmware's own map does not cover it")
-    return None
-
-
 def _window_notes(sysm: UVSystem, facts: KernelFacts,
                   segs: list[tuple[str, int, int, Optional[int], frozenset[str]]]) -> None:
     """A UV range whose direct-map address runs past ``vmalloc_base`` was mapped by
@@ -406,11 +307,11 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     out = []
     segs = segments(sysm)
     _window_notes(sysm, facts, segs)
-    entry = entry_range(sysm, facts, descs, old_memmap)
+    entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, sysm.notes)
     if entry is not None:
         out.append(entry)
     elif sysm.systab_phys is not None:
-        tab = systab_range(sysm, descs)
+        tab = uvbios.systab_range(sysm.systab_phys, descs, sysm.notes)
         if tab is not None:
             out.append(tab)
     blades = sysm.blade_of()
