@@ -32,11 +32,21 @@ def add(p: argparse.ArgumentParser, live_default: bool = False, vmcore_help: str
                         "in VMCOREINFO)")
 
 
+# set by systemd/mmrwatch-kallsyms.conf: this boot's /proc/kallsyms, copied by a privileged
+# ExecStartPre= for kernels before 6.0 (the daemon itself then needs no CAP_SYSLOG)
+SYSTEM_MAP_ENV = "MMRWATCH_SYSTEM_MAP"
+
+
 def request(args: argparse.Namespace):
     """The collectors' debug-info request for parsed ``args``."""
+    import os
+
     from mmrwatch.collectors.debuginfo import Request
+    smap = getattr(args, "system_map", None)
+    if smap is None and not getattr(args, "vmcore", None):
+        smap = os.environ.get(SYSTEM_MAP_ENV) or None        # live only
     return Request(getattr(args, "debug_info", "auto"), getattr(args, "vmlinux", None),
-                   getattr(args, "btf", None), getattr(args, "system_map", None))
+                   getattr(args, "btf", None), smap)
 
 
 def open_target(args: argparse.Namespace):

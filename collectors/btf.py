@@ -132,8 +132,8 @@ class BTF:
             pos += fixed[kind] + per[kind] * (info & 0xFFFF)
             if kind == ENUM or kind == ENUM64:
                 enums.append(len(starts) - 1)
-        if len(starts) > MAX_TYPES:
-            raise BTFError(f"{self.origin}: more than {MAX_TYPES} types: not kernel BTF")
+            if len(starts) > MAX_TYPES:
+                raise BTFError(f"{self.origin}: more than {MAX_TYPES} types: not kernel BTF")
         if pos != n:
             raise BTFError(f"{self.origin}: last type record runs past the type section")
         self._starts, self._names, self._enum_ids = starts, array("Q", sorted(names)), enums

@@ -24,6 +24,10 @@ _FOR_KIND = {drgn.TypeKind.STRUCT: (btf.STRUCT,), drgn.TypeKind.UNION: (btf.UNIO
              drgn.TypeKind.FLOAT: (btf.FLOAT,)}
 
 
+FINDER = "mmrwatch-btf"
+MAX_DEPTH = 200          # nested pointer/typedef/const chains; real kernels need < 20
+
+
 class BTFTypes:
     """The drgn types of one BTF blob for one program."""
 
@@ -34,7 +38,7 @@ class BTFTypes:
 
     def register(self) -> None:
         """Make drgn ask this BTF for every type it cannot find elsewhere."""
-        self.prog.register_type_finder("mmrwatch-btf", self.find, enable_index=-1)
+        self.prog.register_type_finder(FINDER, self.find, enable_index=-1)
 
     def find(self, prog: drgn.Program, kinds: drgn.TypeKindSet, name: str,
              filename: Optional[str]) -> Optional[drgn.Type]:
@@ -59,6 +63,8 @@ class BTFTypes:
             return self.prog.void_type()
         if tid in self._building:
             raise BTFError(f"{self.btf.origin}: type {tid} refers to itself")
+        if len(self._building) > MAX_DEPTH:
+            raise BTFError(f"{self.btf.origin}: type {tid} is nested over {MAX_DEPTH} deep")
         self._building.add(tid)
         try:
             t = self._build(self.btf.record(tid))

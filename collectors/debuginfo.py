@@ -89,7 +89,10 @@ def load(prog: drgn.Program, req: Request, live: bool) -> DebugInfo:
 
 def _how_to(vmci: dict[str, str], live: bool) -> str:
     """The remedy, in the user's terms (which file, from which package)."""
-    if not symbols.has_builtin_kallsyms(vmci) and not live:
+    if not symbols.has_builtin_kallsyms(vmci):
+        if live:
+            return ("run with CAP_SYSLOG, or pass --system-map with a copy of /proc/kallsyms "
+                    "taken as root (systemd/mmrwatch-kallsyms.conf does), or --vmlinux PATH")
         return ("pass --system-map PATH (RHEL/SLES: /boot/System.map-RELEASE; Debian: the "
                 "linux-image-RELEASE-dbg package) or --vmlinux PATH")
     return "pass --btf PATH, or --vmlinux PATH (the kernel's debug package)"
@@ -99,14 +102,32 @@ def _how_to(vmci: dict[str, str], live: bool) -> str:
 def load_btf(prog: drgn.Program, req: Request, live: bool, vmci: dict[str, str]) -> DebugInfo:
     """Symbols first (the BTF of a dump is found through them), then BTF, then checks."""
     index, skind, spath = _symbols(prog, req, live, vmci)
+    if skind == "kallsyms":            # our own decoder: held to the kernel's own words too
+        symbols.check_symbols("kallsyms in memory", lambda n: _sym(index, prog, n), vmci)
     blob, tpath = _btf_blob(prog, req, live, index)
     types = BTFTypes(prog, btf.BTF(blob, tpath))
     _check_layout(prog, types, vmci, tpath)
-    prog.register_symbol_finder("mmrwatch-kallsyms", index, enable_index=0)
+    prog.register_symbol_finder(SYMBOLS, index, enable_index=0)
     types.register()
     KernelObjects(types).register()
-    _check_roots(prog, vmci, tpath)
+    try:
+        _check_roots(prog, vmci, tpath)
+    except TargetError:
+        _unregister(prog)              # a DWARF fallback must not see half of this
+        raise
     return DebugInfo(BTF, tpath, skind, spath)
+
+
+SYMBOLS = "mmrwatch-kallsyms"
+
+
+def _unregister(prog: drgn.Program) -> None:
+    """Disable the finders load_btf() registered (drgn cannot remove a finder)."""
+    from .btftypes import FINDER as TYPES
+    from .kglobals import FINDER as OBJECTS
+    prog.set_enabled_symbol_finders([n for n in prog.enabled_symbol_finders() if n != SYMBOLS])
+    prog.set_enabled_type_finders([n for n in prog.enabled_type_finders() if n != TYPES])
+    prog.set_enabled_object_finders([n for n in prog.enabled_object_finders() if n != OBJECTS])
 
 
 def _symbols(prog: drgn.Program, req: Request, live: bool,
@@ -186,10 +207,11 @@ def _check_layout(prog: drgn.Program, types: BTFTypes, vmci: dict[str, str], pat
             if t is not None:
                 return t
         return None
-    checked = 0
+    checked = candidates = 0
     for key, value in vmci.items():
         if not (key.startswith(("SIZE(", "OFFSET(")) and key.endswith(")")):
             continue
+        candidates += 1
         what = key[key.index("(") + 1:-1]
         tname, _, member = what.partition(".")
         t = find(tname)
@@ -202,6 +224,9 @@ def _check_layout(prog: drgn.Program, types: BTFTypes, vmci: dict[str, str], pat
         if got != want:
             raise TargetError(DEBUGINFO, f"{path}: BTF of another kernel: {key} is {got} in it, "
                               f"{want} in the kernel's VMCOREINFO")
+    if candidates and not checked:
+        raise TargetError(DEBUGINFO, f"{path}: shares no type with the kernel's VMCOREINFO: "
+                          "not this kernel's BTF (a module's, or a BPF object's?)")
 
 
 def _check_roots(prog: drgn.Program, vmci: dict[str, str], path: str) -> None:

@@ -114,7 +114,7 @@ def file_source(path: Path) -> RangeSource:
 
 # What a source may hit in kernel data it cannot read or trust: a page missing from the dump,
 # an address not mapped, a value no kernel could hold.  (A bug in mmrwatch is none of these.)
-SOURCE_FAULTS = (drgn.FaultError, ValueError, OverflowError, LookupError)
+SOURCE_FAULTS = (drgn.FaultError, ValueError, OverflowError)
 
 
 def _collect(src: RangeSource, ctx: Context) -> list[Range]:

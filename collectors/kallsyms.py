@@ -25,6 +25,7 @@ from typing import Optional
 import drgn
 
 MAX_NAMES = 64 << 20
+MAX_TEXT = 64 << 20
 _NM_BYTES = frozenset(b"tTdDbBrRaAvVwWgGnNsSuUiI")     # nm(1) type letters
 
 
@@ -117,10 +118,21 @@ def decode(prog: drgn.Program, syms: dict[str, int]) -> Optional[KallsymsTable]:
         end = table.find(b"\0", off)
         tokens.append(table[off:end] if end >= 0 else b"")
     span = syms["kallsyms_token_table"] - syms["kallsyms_names"]
-    if not 0 < span <= MAX_NAMES or not 0 < n <= span:
+    # each entry is a length byte and at least one token; tokens are short (the kernel's
+    # compressor builds them from pairs): garbage must not turn into gigabytes of names
+    if not 0 < span <= MAX_NAMES or not 0 < n <= span // 2 or max(map(len, tokens)) > 64:
         return None
     blob = prog.read(syms["kallsyms_names"], span)
     offsets = array("i", prog.read(syms["kallsyms_offsets"], 4 * n))
+    try:
+        return _expand(blob, tokens, n, offsets, base)
+    except IndexError:                 # names run past kallsyms_names: garbage
+        return None
+
+
+def _expand(blob: bytes, tokens: list[bytes], n: int, offsets: array,
+            base: int) -> Optional[KallsymsTable]:
+    """``kallsyms_expand_symbol()`` for every entry, into one newline-separated blob."""
     parts, starts, pos, at = [b""], array("I"), 0, 1
     join = b"".join
     for _ in range(n):
@@ -131,6 +143,8 @@ def decode(prog: drgn.Program, syms: dict[str, int]) -> Optional[KallsymsTable]:
         else:
             pos += 1
         name = join([tokens[c] for c in blob[pos:pos + ln]])
+        if not name or at > MAX_TEXT:
+            return None
         starts.append(at)
         parts.append(name)
         at += len(name) + 1

@@ -72,6 +72,9 @@ DECLARED: dict[str, str] = {
 }
 
 
+FINDER = "mmrwatch-kglobals"
+
+
 class KernelObjects:
     """drgn object finder: declared globals, per-CPU variables, enumerators, functions."""
 
@@ -80,7 +83,7 @@ class KernelObjects:
         self.btf = types.btf
 
     def register(self) -> None:
-        self.types.prog.register_object_finder("mmrwatch-kglobals", self.find, enable_index=-1)
+        self.types.prog.register_object_finder(FINDER, self.find, enable_index=-1)
 
     def _address(self, prog: drgn.Program, name: str) -> Optional[int]:
         try:

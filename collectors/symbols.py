@@ -23,8 +23,7 @@ from typing import Callable, Optional
 
 import drgn
 
-from .btf import MAX_BLOB
-from .errors import TargetError
+from .errors import TargetError, one_line
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 PROC_KALLSYMS = "/proc/kallsyms"
@@ -72,8 +71,7 @@ def load_builtin(prog: drgn.Program, vmcoreinfo: dict[str, str]) -> drgn.SymbolI
     try:
         return _linux_helper_load_builtin_kallsyms(prog, *(syms.get(n, 0) for n in names))
     except (drgn.FaultError, ValueError, OverflowError, LookupError) as e:
-        raise SymbolError("data", f"kallsyms in memory unreadable: {str(e).splitlines()[0]}") \
-            from None
+        raise SymbolError("data", f"kallsyms in memory unreadable: {one_line(e, 200)}") from None
 
 
 def load_proc(path: str = PROC_KALLSYMS) -> drgn.SymbolIndex:
@@ -95,7 +93,7 @@ def load_proc(path: str = PROC_KALLSYMS) -> drgn.SymbolIndex:
     try:
         return _linux_helper_load_proc_kallsyms(path, False)
     except (OSError, ValueError) as e:
-        raise SymbolError("data", f"{path}: unreadable: {str(e).splitlines()[0]}") from None
+        raise SymbolError("data", f"{path}: unreadable: {one_line(e, 200)}") from None
 
 
 def _read_map(path: str) -> bytes:
@@ -134,12 +132,15 @@ class SystemMapTable:
         """(moved address, nm type, name, next line's position) of the line at ``pos``."""
         end = self._data.index(b"\n", pos)
         parts = self._data[pos:end].split()
-        if len(parts) < 3 or len(parts[1]) != 1:
-            raise ValueError("not a System.map line")
-        addr = int(parts[0], 16)
+        try:
+            if len(parts) < 3 or len(parts[1]) != 1 or not parts[0].isalnum():
+                raise ValueError
+            addr, typ = int(parts[0], 16), parts[1].decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("not a System.map line") from None
         if addr >= START_KERNEL_MAP:
             addr = (addr + self._offset) & 0xFFFFFFFFFFFFFFFF
-        return addr, parts[1].decode("ascii"), parts[2].decode("ascii", "replace"), end + 1
+        return addr, typ, parts[2].decode("ascii", "replace"), end + 1
 
     def lookup(self, name: str) -> list[int]:
         """Line positions of the symbols called ``name``."""
@@ -149,11 +150,19 @@ class SystemMapTable:
             pos = d.find(needle)
             while pos >= 0:
                 start = d.rfind(b"\n", 0, pos) + 1
-                if pos - start >= 3 and d[pos - 2] == 32:        # "ADDR t name"
+                if pos - start >= 3 and d[pos - 2] == 32 and self._parses(start):  # ADDR t name
                     hit.append(start)
                 pos = d.find(needle, pos + 1)
             self._by_name[name] = hit
         return hit
+
+    def _parses(self, pos: int) -> bool:
+        """Garbage lines are no symbols (a corrupt map must not break a lookup)."""
+        try:
+            self._line(pos)
+            return True
+        except ValueError:
+            return False
 
     def address(self, name: str) -> Optional[int]:
         hit = self.lookup(name)
@@ -185,7 +194,7 @@ class SystemMapTable:
         if name is not None:
             out = [self._symbol(p) for p in self.lookup(name)]
         else:
-            out = [self._symbol(p) for p in self._all_lines()]
+            out = [self._symbol(p) for p in self._all_lines() if self._parses(p)]
         if address is not None:
             out = [x for x in out if x.address <= address < x.address + max(x.size, 1)]
         return out[:1] if one else out
@@ -205,44 +214,34 @@ def load_system_map(path: str, vmcoreinfo: dict[str, str]) -> SystemMapTable:
         offset = int(vmcoreinfo.get("KERNELOFFSET", "0"), 16)
     except ValueError:
         raise SymbolError("data", "VMCOREINFO KERNELOFFSET is not a number") from None
-    table = SystemMapTable(data, offset)
-    try:
-        table._line(0)
-    except (ValueError, UnicodeDecodeError):
-        raise SymbolError("data", f"{path}:1: not a System.map line") from None
-    _check_map(path, table, vmcoreinfo)
-    return table
+    # a System.map has link-time addresses (moved by KASLR's offset); a copy of this boot's
+    # /proc/kallsyms (the kallsyms drop-in's) has them moved already
+    first: Optional[SymbolError] = None
+    for off in dict.fromkeys((offset, 0)):
+        table = SystemMapTable(data, off)
+        if not table._parses(0):
+            raise SymbolError("data", f"{path}:1: not a System.map line")
+        try:
+            check_symbols(path, table.address, vmcoreinfo)
+            return table
+        except SymbolError as e:
+            first = first or e
+    raise first  # type: ignore[misc]
 
 
-def _check_map(path: str, table: SystemMapTable, vmcoreinfo: dict[str, str]) -> None:
-    """Refuse a map whose symbols are not where this kernel says its own are."""
+def check_symbols(path: str, address_of: Callable[[str], Optional[int]],
+                  vmcoreinfo: dict[str, str]) -> None:
+    """Refuse a symbol table whose symbols are not where this kernel says its own are."""
     # SYMBOL() is an address for symbols in the image; VMCOREINFO_SYMBOL_ARRAY() of a
     # pointer (mem_section with SPARSEMEM_EXTREME) is the pointer's value: not comparable
     known = {n: a for n, a in vmcoreinfo_symbols(vmcoreinfo).items() if a >= START_KERNEL_MAP}
-    try:
-        have = {n: table.address(n) for n in known}
-    except (ValueError, UnicodeDecodeError):
-        raise SymbolError("data", f"{path}: not a System.map (a line of another format)") \
-            from None
+    have = {n: address_of(n) for n in known}
     common = [n for n in known if have[n] is not None]
     if not common:
         raise SymbolError("debuginfo", f"{path}: shares no symbol with the kernel's VMCOREINFO: "
-                          "not this kernel's System.map")
+                          "not this kernel's symbols")
     for n in common:
         if have[n] != known[n]:
             raise SymbolError("debuginfo", f"{path}: does not belong to this kernel: {n} is at "
                               f"0x{have[n]:x} by the map (with KASLR offset), 0x{known[n]:x} "
                               "by the kernel")
-
-
-def btf_bounds(prog: drgn.Program) -> tuple[int, int]:
-    """``__start_BTF`` .. ``__stop_BTF``: the kernel's BTF in its own image."""
-    try:
-        start = prog.symbol("__start_BTF").address
-        stop = prog.symbol("__stop_BTF").address
-    except LookupError:
-        raise SymbolError("debuginfo", "the kernel has no __start_BTF/__stop_BTF symbols "
-                          "(built without CONFIG_DEBUG_INFO_BTF)") from None
-    if not 0 < stop - start <= MAX_BLOB:
-        raise SymbolError("data", f"__start_BTF..__stop_BTF spans {stop - start} bytes: corrupt")
-    return start, stop

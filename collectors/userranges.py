@@ -211,8 +211,8 @@ def to_ranges(specs: list[dict[str, Any]], facts: KernelFacts,
     A VA range this kernel cannot have (past 2^64, or across the non-canonical hole of its
     paging depth) is refused with a ``RangesError``.  A rule ``efi_va`` for a range no EFI
     runtime descriptor covers cannot hold: it is still an expectation (a required one is a
-    finding), marked ``unmet`` with the reason and checked at the 1:1 VA, where x86 also
-    maps every runtime region, as a stand-in that nothing legitimately maps there."""
+    finding), marked ``unmet`` with the reason, which the checker reports without a walk
+    (its ``va`` is only the 1:1 stand-in)."""
     out = []
     for s in specs:
         exps = []

@@ -99,9 +99,11 @@ def entry_range(fn: Optional[int], facts: KernelFacts, descs: list[Descriptor],
 
 def systab_range(systab_phys: Optional[int], descs: list[Descriptor],
                  notes: list[str]) -> Optional[Range]:
-    """Live stand-in for the BIOS entry: the page holding UVsystab must be mapped in efi_mm
-    (uv_bios_call() reads uv_systab->function there on efi_mm) where the firmware's runtime
-    descriptor says: 1:1 and at its EFI VA."""
+    """Live stand-in for the BIOS entry, which cannot be read there: the page holding
+    UVsystab (the kernel reads it through its own ioremap; the firmware, called on efi_mm,
+    through efi_mm) must be mapped in efi_mm where the firmware's runtime descriptor says,
+    1:1 and at its EFI VA.  The descriptor's own efi-memmap range checks the whole region;
+    this names the page the BIOS entry depends on."""
     page = systab_phys & ~0xFFF if systab_phys is not None else None
     for d in descs:
         if page is None or not d.runtime or not d.phys <= page < d.phys + d.size:

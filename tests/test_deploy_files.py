@@ -24,6 +24,7 @@ def _root(tmp_path: Path, dropin: str) -> Path:
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "bin").mkdir()
     shutil.copy2("/bin/kill", root / "bin/kill")
+    shutil.copy2("/bin/sh", root / "bin/sh")              # the kallsyms drop-in's ExecStartPre
     (root / "opt/mmrwatch/bin").mkdir(parents=True)
     shutil.copy2(Path(sys.executable).parent / "mmrwatch", root / "opt/mmrwatch/bin/mmrwatch")
     shutil.copy2(UNIT, root / "etc/systemd/system/mmrwatch.service")
@@ -36,8 +37,9 @@ def _root(tmp_path: Path, dropin: str) -> Path:
 
 @pytest.mark.parametrize("dropin", ["http", "textfile", "kallsyms"])
 def test_unit_verifies_and_is_hardened(tmp_path, dropin):
-    """The base unit, textfile mode, and the pre-6.0 kallsyms drop-in (CAP_SYSLOG) all stay
-    at 2.5 or better (measured: 2.0, 1.7, 2.x)."""
+    """The base unit, textfile mode, and the pre-6.0 kallsyms drop-in (a privileged
+    ExecStartPre copies /proc/kallsyms; the daemon gains no capability) score 2.0 or better
+    (measured: 2.0, 1.7, 2.0)."""
     root = _root(tmp_path, dropin)
     v = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
                         "/etc/systemd/system/mmrwatch.service"], capture_output=True, text=True)
@@ -48,7 +50,7 @@ def test_unit_verifies_and_is_hardened(tmp_path, dropin):
     assert m, s.stdout + s.stderr
     score = float(m.group(1))
     print(f"systemd-analyze security ({dropin}): {score}")
-    assert score <= 2.5
+    assert score <= 2.0
 
 
 def test_unit_keeps_what_kcore_needs():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import mmrwatch, report_both, report_live
+from tests.conftest import live_view, mmrwatch, report_both, report_live
 
 pytestmark = pytest.mark.realkernel
 OVMF_FLASH = 0xFFC00000
@@ -170,12 +170,23 @@ def test_kernel_before_6_0_without_dwarf_needs_its_system_map(bed):
 
     def in_guest(guest, res):        # live before 6.0: symbols from /proc/kallsyms (root)
         live["doc"], live["rc"] = report_live(guest, res)
+        # ... or from the copy the unit's kallsyms drop-in takes before the daemon starts
+        import json
+        import sys
+        rc, out, err = guest.run("cat /proc/kallsyms > /tmp/ks && MMRWATCH_SYSTEM_MAP=/tmp/ks "
+                                 f"{sys.executable} -m mmrwatch report --live --debug-info btf "
+                                 "--format json", timeout=900, check=False)
+        live["copy"] = (json.loads(out) if out.strip() else err, rc)
     b = bed.boot("bullseye-l4", keep=in_guest)
     k = b.kernel
     assert k.release.startswith("5.10.")
     assert live["rc"] == 0, live["doc"]
     assert live["doc"]["target"]["debug_info"]["symbols"] == "proc-kallsyms"
     assert live["doc"]["target"]["debug_info"]["types_path"] == "/sys/kernel/btf/vmlinux"
+    copy, rc = live["copy"]
+    assert rc == 0, copy
+    assert copy["target"]["debug_info"]["symbols"] == "system-map"
+    assert live_view(copy) == live_view(live["doc"])
     doc, rc = report_both(["--vmcore", str(b.elf)], k.vmlinux,
                           btf_args=("--system-map", str(k.system_map)))
     assert rc == 0 and doc["target"]["debug_info"]["symbols"] == "system-map"

@@ -141,6 +141,17 @@ def test_typedef_loop_is_btferror_not_recursion():
     raises_one_line(types.btf.resolve, 1)
 
 
+def test_a_long_chain_is_btferror_not_recursion():
+    """5000 CONSTs over an int: nested deeper than any kernel, and no RecursionError."""
+    b = Blob()
+    b.add(*INT)
+    for i in range(5000):
+        b.add(btf.CONST, "", i + 1)
+    b.add(btf.TYPEDEF, "deep", 5001)
+    prog, _ = program(b.bytes())
+    assert "nested over" in raises_one_line(prog.type, "deep")
+
+
 def test_string_offset_outside_the_string_section():
     prog, types = program(blob(INT, (btf.STRUCT, "s", 4, 1000, 1, 0), (btf.TYPEDEF, 2000, 1)))
     assert "outside the string section" in raises_one_line(prog.type, "struct s")

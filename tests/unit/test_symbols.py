@@ -45,3 +45,24 @@ def test_wrong_system_maps_are_refused(tmp_path, text, kind, words):
     with pytest.raises(symbols.SymbolError) as e:
         symbols.load_system_map(_map(tmp_path, text), VMCI)
     assert e.value.kind == kind and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_copy_of_this_boots_kallsyms_is_taken_as_is(tmp_path):
+    """The kallsyms drop-in's copy of /proc/kallsyms has runtime addresses already: used
+    without moving them (and still checked against VMCOREINFO)."""
+    copy = _map(tmp_path, "ffffffff82000000 T _stext\nffffffff83812340 D init_uts_ns\n"
+                          "ffffffff83900000 D init_mm\nffffffffc0001000 t mod_fn\t[mod]\n")
+    idx = symbols.load_system_map(copy, VMCI)
+    assert [s.address for s in idx(None, "init_mm", None, False)] == [0xffffffff83900000]
+
+
+def test_garbage_lines_in_a_system_map_are_no_symbols(tmp_path):
+    """Only line 1 and the VMCOREINFO symbols are checked up front: a corrupt line further
+    down must not break a later lookup."""
+    text = ("ffffffff81000000 T _stext\nffffffff82812340 D init_uts_ns\n"
+            "zz t efi_mm\n-10 d foo\nffffffff82900000 \xe9 bar\nffffffff82900000 D init_mm\n")
+    idx = symbols.load_system_map(_map(tmp_path, text), VMCI)
+    for name in ("efi_mm", "foo", "bar"):
+        assert idx(None, name, None, False) == []
+    assert len(idx(None, "init_mm", None, False)) == 1
+    assert len(idx(None, None, None, False)) == 3
