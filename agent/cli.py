@@ -41,8 +41,36 @@ _KIND_EXIT = {"noinput": EXIT_NOINPUT, "data": EXIT_DATA, "debuginfo": EXIT_DEBU
               "permission": EXIT_PERMISSION}
 
 
+EXAMPLES = {
+    "report": """examples:
+  mmrwatch report --live                           # this machine (root + CAP_SYS_RAWIO)
+  mmrwatch report --vmcore /var/crash/vmcore --format markdown > ticket.md
+  mmrwatch report --vmcore vmcore --system-map System.map-5.14.0   # kernels before 6.0
+  mmrwatch report --vmcore vmcore --vmlinux /usr/lib/debug/boot/vmlinux-6.1.0-13-amd64
+""",
+    "ptdump": """examples:
+  mmrwatch ptdump --vmcore vmcore --mm efi         # like /sys/kernel/debug/page_tables/efi
+  mmrwatch ptdump --live --uv                      # plus where each UV range sits
+""",
+    "where": """examples:
+  mmrwatch where --vmcore vmcore 0xfa000000        # every VA mapping LOCAL_MMR's first page
+""",
+    "serve": """examples:
+  mmrwatch serve --web.listen-address 0.0.0.0:19864 --web.config.file /etc/mmrwatch/web.yml
+  mmrwatch serve --textfile /var/lib/prometheus/node-exporter/mmrwatch.prom
+""",
+    "check": """examples:
+  mmrwatch check                                   # NRPE: command[mmrwatch]=mmrwatch check
+""",
+}
+
+
 class UsageError(Exception):
     """Bad command line; argparse's own exit code 2 would collide with CRITICAL."""
+
+    def __init__(self, message: str, cmd: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.cmd = cmd               # the subcommand whose --help the hint names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +80,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        cmd = self.prog.split()[-1] if " " in self.prog else None
+        raise UsageError(f"{self.prog}: {message}", cmd)
 
 
 def _add_target(p: argparse.ArgumentParser, embedded: bool = False) -> None:
@@ -73,7 +102,8 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     r = sub.add_parser("report", help="check every range and print a report",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EXAMPLES["report"] + EXIT_CODES)
     _add_target(r, embedded)
     r.add_argument("--format", choices=("text", "json", "markdown"), default="text",
                    help="text (default), json (schema: mmrwatch/report.schema.json), "
@@ -82,7 +112,8 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
                    help="extra ranges to check (TOML, see README)")
     r.add_argument("-v", "--verbose", action="store_true", help="show extents of OK ranges")
     d = sub.add_parser("ptdump", help="print a page table like /sys/kernel/debug/page_tables/*",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EXAMPLES["ptdump"] + EXIT_CODES)
     _add_target(d, embedded)
     d.add_argument("--mm", choices=("kernel", "efi"), default="kernel",
                    help="kernel = init_mm, efi = efi_mm (default kernel)")
@@ -91,7 +122,8 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
                         "table (without it the output is identical to the kernel's)")
     w = sub.add_parser("where", help="every virtual address that maps a physical address, "
                        "in init_mm and efi_mm (reverse lookup)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EXAMPLES["where"] + EXIT_CODES)
     _add_target(w, embedded)
     w.add_argument("--mm", choices=("kernel", "efi", "both"), default="both",
                    help="which table(s) to search (default both)")
@@ -103,11 +135,11 @@ def build_parser(embedded: bool = False) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="daemon: check the live kernel every --interval and "
                        "export Prometheus metrics (HTTP and/or textfile)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=SERVE_NOTES + EXIT_CODES)
+                       epilog=EXAMPLES["serve"] + SERVE_NOTES + EXIT_CODES)
     cliopts.add_serve_arguments(s)
     c = sub.add_parser("check", help="one-shot live check for Nagios/Icinga (exit 0/1/2/3)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=cliopts.CHECK_EXIT_CODES)
+                       epilog=EXAMPLES["check"] + cliopts.CHECK_EXIT_CODES)
     cliopts.add_check_arguments(c)
     _debug_anywhere(s, c)
     return p
@@ -254,20 +286,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
+    if not argv:                       # no command: say which there are
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     if next((a for a in argv if not a.startswith("-")), None) == "check":
         return _plugin(parser, argv, debug)
     try:
+        _unknown_options_first(parser, argv)
         args = parser.parse_args(argv)
         return {"report": cmd_report, "ptdump": cmd_ptdump, "serve": cmd_serve,
                 "check": cmd_check, "where": cmd_where}[args.cmd](args)
     except UsageError as e:
+        _progress_done()
         print(e, file=sys.stderr)
-        print("Try 'mmrwatch --help'.", file=sys.stderr)
+        print(f"Try 'mmrwatch {e.cmd + ' ' if e.cmd else ''}--help'.", file=sys.stderr)
         return EXIT_USAGE
     except TargetError as e:
+        _progress_done()
         print(f"mmrwatch: {e}", file=sys.stderr)
         return _KIND_EXIT[e.kind]
     except RangesError as e:
+        _progress_done()
         print(f"mmrwatch: {e}", file=sys.stderr)
         return EXIT_NOINPUT if e.missing else EXIT_DATA
     except KeyboardInterrupt:
@@ -281,6 +320,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mmrwatch: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
               " (rerun with --debug)", file=sys.stderr)
         return EXIT_SOFTWARE
+
+
+def _unknown_options_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option the subcommand does not have is named before anything else is complained
+    about (argparse reports a missing --vmcore/--live first, hiding the typo)."""
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    sp = subs.choices.get(cmd) if cmd else None
+    known = set(parser._option_string_actions) | (set(sp._option_string_actions) if sp else set())
+    for a in argv:
+        if a == "--":
+            break
+        if a.startswith("-") and a != "-" and a.split("=", 1)[0] not in known:
+            where = f"mmrwatch {cmd}" if sp else "mmrwatch"
+            raise UsageError(f"{where}: unknown option {a.split('=', 1)[0]}", cmd if sp else None)
 
 
 def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> int:

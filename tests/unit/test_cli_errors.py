@@ -110,3 +110,21 @@ def test_nagios_check_unknown_is_3_on_stdout(args):
     res = run(*args)
     assert res.returncode == 3, (res.stdout, res.stderr)
     assert res.stdout.startswith("MMRWATCH UNKNOWN - ") and len(res.stdout.splitlines()) == 1
+
+
+def test_cli_habits_no_command_unknown_option_first_and_the_subcommands_help():
+    """`mmrwatch` alone lists the commands; an unknown option is named before a missing
+    --vmcore/--live would be; the hint names the subcommand's own --help, which has
+    examples."""
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mmrwatch", *a],
+                                    capture_output=True, text=True)
+    none = run()
+    assert none.returncode == cli.EXIT_USAGE and "{report,ptdump,where,serve,check}" in none.stderr
+    bad = run("report", "--bogus")
+    assert bad.returncode == cli.EXIT_USAGE
+    assert bad.stderr.splitlines() == ["mmrwatch report: unknown option --bogus",
+                                       "Try 'mmrwatch report --help'."]
+    assert "examples:" in run("report", "--help").stdout
+    assert "examples:" in run("serve", "--help").stdout
