@@ -2,13 +2,15 @@
 
 Registered under drgn's ``drgn.plugins`` entry point, so installing mmrwatch into the same
 environment as drgn is enough.  The commands are the CLI's own, run on the program drgn
-already opened (its debug info, no second load); errors are one line, never a traceback
-into the analyst's session.
+already opened (its debug info, or BTF + kallsyms loaded into it when it has none).
+Errors raise drgn's ``CommandError`` (``CommandArgumentError`` for bad options) with one
+line, so scripts using ``drgn.commands.run_command`` can catch them, and ``report`` returns
+its verdict's exit status (0 ok, 1 warnings, 2 critical) as the command's value.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 from drgn import Program
 from drgn.commands import argument
@@ -24,7 +26,10 @@ from drgn.commands.linux import linux_kernel_command
                argument("options", nargs=argparse.REMAINDER,
                         help="the subcommand's options (see %%mmrwatch SUBCOMMAND --help)")),
 )
-def _cmd_mmrwatch(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> None:
+def _cmd_mmrwatch(prog: Program, name: str, args: argparse.Namespace,
+                  **kwargs: Any) -> Optional[int]:
+    from drgn.commands import CommandArgumentError, CommandError
+
     from mmrwatch.collectors.target import TargetError, from_program
     from mmrwatch.collectors.userranges import RangesError
 
@@ -34,10 +39,10 @@ def _cmd_mmrwatch(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
         ns = parser.parse_args([args.subcommand, *args.options])
         ns.target = from_program(prog)
         run = {"report": cli.cmd_report, "ptdump": cli.cmd_ptdump, "where": cli.cmd_where}
-        run[ns.cmd](ns)
+        return run[ns.cmd](ns)
     except cli.UsageError as e:
-        print(e)
+        raise CommandArgumentError(str(e)) from None
     except (TargetError, RangesError) as e:
-        print(f"mmrwatch: {e}")
+        raise CommandError(f"mmrwatch: {e}") from None
     except SystemExit:          # --help
-        pass
+        return None
