@@ -16,7 +16,8 @@ Robustness: corrupt tables (a loop back to an ancestor, a pointer outside the du
 bit where the architecture forbids it, a misaligned huge page) end that branch with a
 recorded ``WalkError``; the walk never raises for table contents and never loops forever.
 Nor does one check walk a shared subtree over and over: a table page is walked at most
-once per VA it serves, and for at most ``MAX_SERVED`` VAs.  A sane tree puts a table page
+once per VA it serves, and for at most ``MAX_SERVED`` VAs (PTE tables ``MAX_SERVED_LEAF``:
+the kernel's ESPfix area shares one 2048 times).  A sane tree puts a table page
 at one VA (efi_mm reaches init_mm's kernel-half tables at the VAs init_mm does), seldom
 two (the UV1 EFI prolog's 1:1 copy of the direct map, Xen PV's ident map); entries beyond
 that pointing at an already walked table (a corrupt entry into another part of the tree,
@@ -40,7 +41,12 @@ _ZERO = bytes(x86.PAGE_SIZE)
 _MISS = object()
 _LEAFY = linear.LEAFY
 _FLAGS = x86.PTE_FLAGS_MASK
-MAX_SERVED = 4          # distinct VAs (or levels) one table page is walked for, per check
+# distinct VAs one table page is walked for, per check: a PTE table (leaves only: a re-walk
+# costs one memo lookup or 512 entries) and a table of tables (a re-walk repeats a subtree).
+# The kernel itself shares its ESPfix PTE page 2048 times and the PMD page above it 4 times
+# (arch/x86/kernel/espfix_64.c: ESPFIX_PTE_CLONES x ESPFIX_PMD_CLONES x ESPFIX_PUD_CLONES).
+MAX_SERVED = 4
+MAX_SERVED_LEAF = MAX_SERVED * 512     # every entry of each allowed walk of its parent
 
 
 class TableFault(Exception):
@@ -330,10 +336,14 @@ class Walker:
         also = self._also.setdefault(child, set())
         if tag in also:
             return True
-        if len(also) + 1 < MAX_SERVED:
+        if len(also) + 1 < self._limit(tag):
             also.add(tag)
             return True
         return False
+
+    @staticmethod
+    def _limit(tag: int) -> int:
+        return MAX_SERVED_LEAF if tag & 7 == x86.PTE else MAX_SERVED
 
     def _shared_subtree(self, level: int, va: int, pa: int, child: int, served: int) -> None:
         """Record a table entry whose child table was already walked for ``MAX_SERVED``
@@ -347,7 +357,8 @@ class Walker:
             e = self.errors[idx]
             self.errors[idx] = WalkError(e.level, e.va, e.table_pa, f"{msg} ({n + 1} entries)")
             return
-        msg = (f"shared subtree: table at PA 0x{child:x} already walked for {MAX_SERVED} VAs "
+        msg = (f"shared subtree: table at PA 0x{child:x} already walked for "
+               f"{self._limit(served)} VAs "
                f"(first as the {x86.LEVEL_NAMES[served & 7]} table for "
                f"0x{self._canon(served >> 3):016x}); not walked again")
         self._shared[key] = (len(self.errors), 1, msg)

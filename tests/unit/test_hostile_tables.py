@@ -1,6 +1,5 @@
 """Hostile kernel data (issue 15): shared subtrees, garbage EFI descriptors and configured
 ranges that cannot hold end one branch or one range with a recorded reason, promptly."""
-import time
 
 import pytest
 
@@ -44,20 +43,21 @@ def _dag(k: SynthKernel, va: int, pud_refs: int):
 
 def test_shared_subtrees_are_walked_a_bounded_number_of_times():
     """512 PUD entries -> one PMD table -> 512 entries -> one PTE table: 262144 references
-    to one page (minutes before); each table is walked for at most MAX_SERVED VAs and the
-    rest is recorded, once per parent table, as a walk error with a count."""
+    to one page (minutes before); a table of tables is walked for at most MAX_SERVED VAs, a
+    PTE table for MAX_SERVED_LEAF (every entry of each allowed walk of its parent, as the
+    kernel's ESPfix area needs), and the rest is recorded, once per parent table, as a walk
+    error with a count.  (The work bound is counted, not timed: see tests/bench.)"""
     k = SynthKernel()
     va = k.pob + (512 << 30)                  # PUD index 0 of the second root entry
     _dag(k, va, 512)
     w = _walker(k)
     leaves = []
-    t0 = time.monotonic()
     w.walk(k.init_root, va, va + (512 << 30), lambda *a: leaves.append(a))
-    assert time.monotonic() - t0 < 2
-    assert len(leaves) <= pagetable.MAX_SERVED * 512
+    assert len(leaves) <= pagetable.MAX_SERVED_LEAF * 512
+    assert w.reader.reads <= 8               # each table page read once
     shared = [e for e in w.errors if "shared subtree" in e.message]
-    assert len(shared) == 2                  # one per (parent table, child table)
-    assert {e.level for e in shared} == {x86.PUD, x86.PMD}
+    assert len(shared) == 1                  # one per (parent table, child table)
+    assert shared[0].level == x86.PUD and "508 entries" in shared[0].message
     assert all("not walked again" in e.message and "entries)" in e.message for e in shared)
     # the first VA the tables serve is still walked exactly
     assert w.translate(k.init_root, va + 4096)[0] == 0x10_1000
