@@ -24,9 +24,10 @@ def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def _report(dump: Path, vmlinux: Path, *extra: str) -> int:
+def _report(dump: Path, *extra: str) -> int:
+    """``mmrwatch report`` as a user runs it: no debug package (BTF + the kernel's kallsyms)."""
     res = subprocess.run([sys.executable, "-m", "mmrwatch", "report", "--vmcore", str(dump),
-                          "--vmlinux", str(vmlinux), *extra], capture_output=True, text=True)
+                          *extra], capture_output=True, text=True)
     print(res.stdout, end="")
     print(res.stderr, end="", file=sys.stderr)
     print(f"(exit code {res.returncode})")
@@ -41,8 +42,8 @@ def main() -> int:
     spec = BootSpec(la57=False, mem_mib=768, append="crashkernel=192M")
     with Guest(k, spec, work / "guest") as g:
         banner("inside the guest: mmrwatch report --live (its own /proc/kcore; QEMU has no UV hub)")
-        rc, out, err = g.run(f"{sys.executable} -m mmrwatch report --live "
-                             f"--vmlinux {k.vmlinux}", timeout=600, check=False)
+        rc, out, err = g.run(f"{sys.executable} -m mmrwatch report --live", timeout=600,
+                             check=False)
         print(out, end="")
         print(err, end="", file=sys.stderr)
         banner("simulating a healthy UV4 machine: hub state written into the running kernel")
@@ -50,7 +51,7 @@ def main() -> int:
         g.pause()
         healthy = g.dump(work / "healthy.elf")
         g.resume()
-        rc_ok = _report(healthy, k.vmlinux)
+        rc_ok = _report(healthy)
         banner("the 2016 failure: firmware lists LOCAL_MMR as EFI runtime MMIO, EFI maps it "
                "1:1, the kernel's direct map lacks it")
 
@@ -63,10 +64,10 @@ def main() -> int:
         g.pause()
         broken = g.dump(work / "broken.elf")
         g.resume()
-    rc_bad = _report(broken, k.vmlinux)
+    rc_bad = _report(broken)
     banner("the firmware's table vs the kernel's: mmrwatch ptdump --mm efi (first lines)")
     pt = subprocess.run([sys.executable, "-m", "mmrwatch", "ptdump", "--vmcore", str(broken),
-                         "--vmlinux", str(k.vmlinux), "--mm", "efi"], capture_output=True, text=True)
+                         "--mm", "efi"], capture_output=True, text=True)
     print("\n".join(pt.stdout.splitlines()[:12]) + "\n...")
     for d in (healthy, broken):
         d.unlink()
