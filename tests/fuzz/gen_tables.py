@@ -44,14 +44,15 @@ def interesting(rng: random.Random, bits: int = 64) -> int:
     top = (1 << bits) - 1
     c = rng.random()
     if c < 0.15:
-        return rng.choice([0, 1, 2, 7, 8, 0xFF, 0xFFF, 0x1000, top, top - 1, top >> 1,
-                           (top >> 1) + 1])
-    if c < 0.35:
-        b = rng.randrange(bits)
-        return (1 << b) + rng.choice([-1, 0, 0, 1]) & top
-    if c < 0.5:
-        return rng.randrange(1 << min(bits, 16))
-    return rng.getrandbits(bits)
+        v = rng.choice([0, 1, 2, 7, 8, 0xFF, 0xFFF, 0x1000, top, top - 1, top >> 1,
+                        (top >> 1) + 1])
+    elif c < 0.35:
+        v = (1 << rng.randrange(bits)) + rng.choice([-1, 0, 0, 1])
+    elif c < 0.5:
+        v = rng.randrange(1 << min(bits, 16))
+    else:
+        v = rng.getrandbits(bits)
+    return v & top
 
 
 def flags(rng: random.Random) -> int:
@@ -174,6 +175,7 @@ def _set(objs: dict, prog: drgn.Program, name: str, member, fmt: str, value: int
     obj = objs[name]
     raw = bytearray(obj.to_bytes_())
     off = member if isinstance(member, int) else drgn.offsetof(obj.type_, member) if member else 0
+    fmt = fmt[0] + fmt[1:].upper()                  # the bits, unsigned
     struct.pack_into(fmt, raw, off, value & ((1 << (8 * struct.calcsize(fmt))) - 1))
     objs[name] = drgn.Object.from_bytes_(prog, obj.type_, raw)
 
@@ -187,7 +189,7 @@ def corrupt_root(rng: random.Random, k: FuzzKernel) -> str:
     c = rng.randrange(6)
     val = [0, k.pob + len(k.ram) + 0x1000 * rng.randrange(1, 99), interesting(rng),
            k.pob + (rng.randrange(len(k.ram)) & ~7), 0xFFFFFFFF80000000 + interesting(rng, 32),
-           0x0000_9000_0000_0000][c]
+           0x0000_9000_0000_0000][c] & U64
     if name == "(sh mm)":
         pa = k.slot("(sh mm)", 16)
         struct.pack_into("<Q", k.ram, pa + 8, val)
@@ -205,7 +207,7 @@ def corrupt_efi(rng: random.Random, k: FuzzKernel) -> str:
         bits = 32 if f == 0 else 64
         d[f] = interesting(rng, bits)
         if f == 2 and rng.random() < 0.5:           # a plausible EFI VA
-            d[2] = 0xFFFFFFEF00000000 + (rng.getrandbits(36) << 12)
+            d[2] = 0xFFFFFFEF00000000 + (rng.getrandbits(32) << 12) & U64
         k.descs[i] = tuple(d)
         field = ("type", "phys_addr", "virt_addr", "num_pages", "attribute")[f]
         return f"EFI descriptor {i}: {field} = 0x{d[f]:x}"
@@ -236,8 +238,8 @@ def corrupt_efi(rng: random.Random, k: FuzzKernel) -> str:
     return f"efi.{member} = 0x{val:x}"
 
 
-HUB_FIELDS = [("hub_revision", 32, "<B"), ("global_mmr_base", 64, "<Q"),
-              ("global_mmr_shift", 128, "<Q"), ("pnode", 960, "<H"), ("numa_blade_id", 1008, "<H")]
+HUB_FIELDS = [("hub_revision", "<B"), ("global_mmr_base", "<Q"), ("global_mmr_shift", "<Q"),
+              ("pnode", "<H"), ("numa_blade_id", "<H")]
 
 
 def corrupt_uv(rng: random.Random, k: FuzzKernel) -> str:
@@ -255,8 +257,11 @@ def corrupt_uv(rng: random.Random, k: FuzzKernel) -> str:
         return f"hub info global_mmr_base = 0x{u['mmr_base']:x}"
     if c == 2:
         n = rng.choice([1, 2, 3, 8])
-        u["pnodes"] = tuple(rng.choice([0, 1, 2, 255, 256, 4095, 32767, 65535,
-                                        rng.randrange(65536)]) for _ in range(n))
+        # large pnodes are rare: each costs seconds (2 ranges per pnode up to the largest)
+        big = rng.random() < 0.1
+        u["pnodes"] = tuple(rng.choice([255, 256, 4095, 32767, 65535, rng.randrange(65536)])
+                            if big and rng.random() < 0.5 else rng.choice([0, 1, 2, 3, 7, 15])
+                            for _ in range(n))
         return f"pnodes = {u['pnodes']}"
     if c == 3:
         g = (interesting(rng), interesting(rng))
@@ -294,11 +299,19 @@ def corrupt_uv(rng: random.Random, k: FuzzKernel) -> str:
     def hub_bytes(k, prog, t, objs):       # raw corruption of one hub info in RAM
         lst = objs["__uv_hub_info_list"].value_() - k.pob
         node = rng.randrange(len(k.uv_state["pnodes"]))
+        if not 0 <= lst + 8 * node <= len(k.ram) - 8:
+            return                              # the list pointer is corrupt too: no hub
         h = struct.unpack_from("<Q", k.ram, lst + 8 * node)[0] - k.pob
-        name, off, fmt = HUB_FIELDS[field]
-        struct.pack_into(fmt, k.ram, h + off // 8, val & ((1 << 8 * struct.calcsize(fmt)) - 1))
+        if not 0 <= h <= len(k.ram) - 256:
+            return
+        name, fmt = HUB_FIELDS[field]
+        hub_t = t.hub_v510 if k.uv_state["v510"] else t.hub_v47      # this kernel's layout
+        struct.pack_into(fmt, k.ram, h + drgn.offsetof(hub_t, name),
+                         val & ((1 << 8 * struct.calcsize(fmt)) - 1))
     field = rng.randrange(len(HUB_FIELDS))
     val = interesting(rng)
+    if HUB_FIELDS[field][0] == "pnode" and rng.random() < 0.9:
+        val = rng.randrange(16)
     _edit(k, hub_bytes)
     return f"one hub info's {HUB_FIELDS[field][0]} = 0x{val:x} (raw bytes)"
 
@@ -460,6 +473,14 @@ def run(rng: random.Random, out, keep=None):
     if out.cli or keep:
         d = keep or harness.tmpdir()
         args = write_files(k, d, f"t{out.seed}")
+        files = [args[1], args[5], args[7]]          # vmcore, btf, map
+        if out.cli and rng.random() < 0.5:       # as a 6.0+ dump: nothing but --vmcore
+            from tests.fuzz import synthdump
+            core, _ = synthdump.bundle_kallsyms(k)
+            with open(args[1], "wb") as f:
+                f.write(core)
+            args = args[:2]
+            out.recipe.append("written as a 6.0+ dump (kallsyms and BTF in memory)")
         if not out.cli:
             out.command = " ; ".join("mmrwatch " + " ".join(c[:1] + args + c[1:]) for c in cmds)
     if out.cli:
@@ -467,7 +488,7 @@ def run(rng: random.Random, out, keep=None):
             return harness.cli_run(out, [c[:1] + args + c[1:] for c in cmds])
         finally:
             if not keep:
-                for a in (args[1], args[5], args[7]):       # vmcore, btf, map
+                for a in files:
                     if os.path.exists(a):
                         os.unlink(a)
     target = target_of(k)

@@ -34,10 +34,10 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 LIMIT = 10.0                                   # seconds for one case
+REAL_EVERY = 0          # every Nth dumps seed is a real-dump case (gen_real), when one exists
 DOCUMENTED = {64: "usage", 65: "data", 66: "noinput", 69: "debuginfo", 77: "permission"}
 CLASSES = ("result", "walk-error", "documented", "fail")
 KINDS = ("tables", "dumps", "ranges")
@@ -71,7 +71,8 @@ class Outcome:
         out = [f"case {self.case} [{self.sub}] -> {self.cls} ({self.detail}) in "
                f"{self.seconds:.2f} s",
                f"  replay: .venv/bin/python -m tests.fuzz --replay {self.kind}:{self.seed}"
-               + (" --cli" if self.cli else "") + " [--keep DIR]"]
+               + (" --cli" if self.cli else "")
+               + (f" --real-every {REAL_EVERY}" if self.sub == "real" else " [--keep DIR]")]
         out += [f"  corruption: {r}" for r in self.recipe]
         if self.command:
             out.append(f"  command: {self.command}")
@@ -85,11 +86,20 @@ def case_rng(kind: str, seed: int) -> random.Random:
     return random.Random(f"mmrwatch-fuzz:{kind}:{seed}")
 
 
-def tmpdir() -> str:
+def tmpdir(pid: Optional[int] = None) -> str:
+    """This process's scratch directory (tmpfs when there is one)."""
     d = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    path = os.path.join(d, f"mmrwatch-fuzz-{os.getpid()}")
-    os.makedirs(path, exist_ok=True)
+    path = os.path.join(d, f"mmrwatch-fuzz-{pid or os.getpid()}")
+    if pid is None:
+        os.makedirs(path, exist_ok=True)
     return path
+
+
+def cleanup(pid: Optional[int] = None) -> None:
+    """Remove a process's scratch files (its tmpdir, its real-dump copies)."""
+    import shutil
+    for d in (tmpdir(pid or os.getpid()), f"/var/tmp/mmrwatch-fuzz-{pid or os.getpid()}"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- in process -----------------------------------------------------------------------------
@@ -120,6 +130,7 @@ def _one_line(msg: str) -> Optional[str]:
 def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> Outcome:
     """Run ``body`` (returns exit status, walk errors, anomalies) under the alarm and
     classify it; exceptions are classified here."""
+    from mmrwatch.agent.cli import UsageError
     from mmrwatch.collectors.errors import TargetError
     from mmrwatch.collectors.userranges import RangesError
     _install_recorder()
@@ -136,9 +147,11 @@ def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> O
     except CaseTimeout:
         out.cls, out.detail = "fail", f"over {LIMIT:.0f} s"
         out.trace = traceback.format_exc()
-    except (TargetError, RangesError) as e:
+    except (TargetError, RangesError, UsageError) as e:
         out.cls = "documented"
-        if isinstance(e, TargetError):
+        if isinstance(e, UsageError):
+            out.detail = f"UsageError (exit 64): {str(e)[:160]}"
+        elif isinstance(e, TargetError):
             out.detail = f"TargetError({e.kind}): {str(e)[:160]}"
         else:
             out.detail = f"RangesError({'missing' if e.missing else 'data'}): {str(e)[:160]}"
@@ -198,12 +211,25 @@ def run_commands(target, cmds: list[list[str]]) -> tuple[int, int, list[str]]:
             res = _last.get("res")
             walk += len(res.walk_errors) if res is not None else 0
             if "--format" in argv and argv[argv.index("--format") + 1] == "json":
-                json.loads(so.getvalue())
+                doc = json.loads(so.getvalue())
+                if _validate_this_case():
+                    bad = _validate(doc)
+                    if bad:
+                        anomalies.append(bad)
         else:
             walk += se.getvalue().count("page-table error")
             if code != 0:
                 rc = code
     return rc, walk, anomalies
+
+
+_case: tuple = ()          # (kind, seed) of the case running in this process
+
+
+def _validate_this_case() -> bool:
+    """A fifth of the in-process JSON reports are validated against the shipped schema
+    (drawn from the case id, not from the case's generator: the cases stay the same)."""
+    return random.Random(f"validate:{_case}").random() < 0.2
 
 
 # -- subprocess -------------------------------------------------------------------------------
@@ -251,7 +277,8 @@ def cli_run(out: Outcome, argvs: list[list[str]]) -> Outcome:
         if rc in DOCUMENTED:
             classes.append("documented")
             details.append(f"{argv[0]}: exit {rc} {err.strip()[:160]}")
-            lines = err.strip().splitlines()
+            # a usage error adds "Try 'mmrwatch --help'." by design
+            lines = [ln for ln in err.strip().splitlines() if not ln.startswith("Try ")]
             if len(lines) != 1 or not lines[0].isprintable():
                 out.anomalies.append(f"{argv[0]} exit {rc}: stderr is not one printable "
                                      f"line: {err[:300]!r}")
@@ -287,9 +314,20 @@ def cli_run(out: Outcome, argvs: list[list[str]]) -> Outcome:
 
 
 # -- cases ------------------------------------------------------------------------------------
-def run_case(kind: str, seed: int, cli: bool = False, keep: Optional[str] = None) -> Outcome:
-    """Build case ``kind:seed`` and run it (in process, or through the CLI)."""
+def run_case(kind: str, seed: int, cli: bool = False, keep: Optional[str] = None,
+             limit: Optional[float] = None) -> Outcome:
+    """Build case ``kind:seed`` and run it (in process, or through the CLI); ``limit``
+    replaces ``LIMIT`` for this case (the slice runs known hangs with a shorter one)."""
+    global LIMIT
+    if limit is not None:
+        saved, LIMIT = LIMIT, limit
+        try:
+            return run_case(kind, seed, cli, keep)
+        finally:
+            LIMIT = saved
     import importlib
+    global _case
+    _case = (kind, seed)
     out = Outcome(kind, seed, cli)
     rng = case_rng(kind, seed)
     try:

@@ -23,7 +23,8 @@ import drgn
 from drgn import Object, Program, TypeMember
 
 from mmrwatch.collectors import x86
-from tests.synth import KERNEL, TABLE, UC, SynthKernel, _Types
+from mmrwatch.collectors.kernel import START_KERNEL_MAP
+from tests.synth import KERNEL, UC, SynthKernel, _Types
 
 RQ_OFF, TLB_OFF = 0x1000, 0x1100        # per-CPU symbol addresses (offsets), as in System.map
 LOG_CONT = 8
@@ -92,6 +93,10 @@ class FuzzKernel(SynthKernel):
         self._area: list[int] = []      # [next free PA, end] of the globals area
         self.proc_root: Optional[int] = None
         self.types: Optional[FuzzTypes] = None
+        # globals at kernel-image addresses (START_KERNEL_MAP + pa), as kallsyms lists them;
+        # else in the direct map (what a System.map of this synthetic kernel says)
+        self.image_globals = False
+        self.vmcoreinfo_extra = b""
 
     def clone(self) -> "FuzzKernel":
         """An independent copy (RAM, descriptors, UV state, log, edits)."""
@@ -120,7 +125,15 @@ class FuzzKernel(SynthKernel):
         return pa
 
     def va(self, pa: int) -> int:
+        """Direct-map address of ``pa`` (allocated memory: tasks, per-CPU areas, the log)."""
         return self.pob + pa
+
+    def gva(self, pa: int) -> int:
+        """Address of a global at ``pa``: in the kernel image or the direct map."""
+        return START_KERNEL_MAP + pa if self.image_globals else self.pob + pa
+
+    def vmcoreinfo(self) -> bytes:
+        return super().vmcoreinfo() + self.vmcoreinfo_extra
 
     def finish(self) -> None:
         """Lay out what only needs doing once: the process page table, CPU areas."""
@@ -151,13 +164,13 @@ class FuzzKernel(SynthKernel):
             raw = obj.to_bytes_()
             pa = self.slot(name, max(len(raw), 1))
             self.ram[pa:pa + len(raw)] = raw
-            placed[name] = Object(prog, obj.type_, address=self.va(pa))
-            self.symbols[name] = self.va(pa)
+            placed[name] = Object(prog, obj.type_, address=self.gva(pa))
+            self.symbols[name] = self.gva(pa)
         return placed
 
     def _cpu_objects(self, prog: Program, t: FuzzTypes) -> dict[str, Object]:
         n = self.cpus
-        init_mm, efi_mm = (self.va(self.slot(m, 16)) for m in ("init_mm", "efi_mm"))
+        init_mm, efi_mm = (self.gva(self.slot(m, 16)) for m in ("init_mm", "efi_mm"))
         proc_mm_pa = self.slot("(sh mm)", 16)
         raw = Object(prog, t.mm, value={"pgd": self.va(self.proc_root)}).to_bytes_()
         self.ram[proc_mm_pa:proc_mm_pa + len(raw)] = raw
@@ -212,8 +225,9 @@ class FuzzKernel(SynthKernel):
         prog = super().program(vmcore, live)
         if vmcore is None:
             ram = self.ram
-            prog.add_memory_segment(self.pob, len(ram),
-                                    lambda a, n, off, phys: bytes(ram[off:off + n]), False)
+            for base in (self.pob, START_KERNEL_MAP) if self.image_globals else (self.pob,):
+                prog.add_memory_segment(base, len(ram),
+                                        lambda a, n, off, phys: bytes(ram[off:off + n]), False)
         types = self.types_for(prog)
 
         def find_type(p, kinds, name, filename):

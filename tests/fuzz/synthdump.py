@@ -139,6 +139,100 @@ def system_map(k: FuzzKernel) -> bytes:
     return b"".join(f"{a:016x} D {n}\n".encode() for a, n in lines)
 
 
+def elf_bytes(ram: bytes, info: bytes, pob: int, holes: tuple[tuple[int, int], ...] = (),
+              image: bool = False) -> bytearray:
+    """An ELF64 core of ``ram`` laid out as ``SynthKernel.write_vmcore`` lays it out (byte
+    for byte when nothing else is asked): a PT_NOTE with the VMCOREINFO note ``info``, then
+    PT_LOADs of RAM at the direct map, split around ``holes`` (PA ranges left out of the
+    file: pages excluded from the dump), and with ``image`` the same file data again at the
+    kernel-image addresses (``START_KERNEL_MAP + pa``), as /proc/vmcore has a kernel-text
+    segment."""
+    name = b"VMCOREINFO\0"
+    note = struct.pack("<III", len(name), len(info), 0) + name.ljust(12, b"\0") + \
+        info.ljust((len(info) + 3) & ~3, b"\0")
+    spans, pos = [], 0
+    for lo, hi in sorted(holes):
+        if lo > pos:
+            spans.append((pos, lo))
+        pos = max(pos, hi)
+    if pos < len(ram):
+        spans.append((pos, len(ram)))
+    nph = 1 + len(spans) * (2 if image else 1)
+    note_off = 64 + 56 * nph
+    off = (note_off + len(note) + 4095) & ~4095
+    loads, data = [], []
+    for lo, hi in spans:
+        loads.append(struct.pack("<IIQQQQQQ", 1, 7, off, pob + lo, lo, hi - lo, hi - lo, 4096))
+        data.append((off, ram[lo:hi]))
+        if image:
+            loads.append(struct.pack("<IIQQQQQQ", 1, 7, off, START_KERNEL_MAP + lo, lo,
+                                     hi - lo, hi - lo, 4096))
+        off += hi - lo
+    ehdr = struct.pack("<4sBBBBB7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 4, 62, 1, 0, 64,
+                       0, 0, 64, 56, nph, 64, 0, 0)
+    pt_note = struct.pack("<IIQQQQQQ", 4, 0, note_off, 0, 0, len(note), len(note), 4)
+    out = bytearray(ehdr + pt_note + b"".join(loads) + note)
+    for o, d in data:
+        out += bytes(o - len(out))
+        out += d
+    return out
+
+
+def kallsyms_tables(syms: dict[str, int]) -> tuple[bytes, bytes, bytes, bytes, int]:
+    """The kernel's compressed kallsyms for ``syms`` (v6.1 layout, what
+    ``collectors.kallsyms.decode`` reads): names with 1-byte lengths over a token table of
+    the 256 single bytes, base-relative offsets with absolute per-CPU entries
+    (x86-64 SMP's --absolute-percpu).  Returns (names, token_table, token_index, offsets,
+    relative_base)."""
+    base = START_KERNEL_MAP
+    names, offsets = bytearray(), []
+    for addr, name in sorted((a, n) for n, a in syms.items()):
+        entry = (b"d" if addr < START_KERNEL_MAP and addr < 1 << 32 else b"D") + name.encode()
+        names += bytes([len(entry)]) + entry
+        offsets.append(addr if addr < 1 << 31 else -(addr - base + 1))
+    table = b"".join(bytes([i]) + b"\0" for i in range(256))
+    index = struct.pack("<256H", *range(0, 512, 2))
+    return bytes(names), table, index, struct.pack(f"<{len(offsets)}i", *offsets), base
+
+
+def bundle_kallsyms(k: FuzzKernel) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """``k`` as a 6.0+ dump carries it: globals at kernel-image addresses, kallsyms and BTF
+    in memory (``__start_BTF``), VMCOREINFO naming the kallsyms tables: the CLI needs no
+    option but ``--vmcore``.  Returns the core bytes and the PA ranges of what was laid out
+    (for corruptions)."""
+    k.image_globals = True
+    syms = k.materialize()
+    blob = btf_blob(not k.uv_state or k.uv_state["v510"])
+    regions: dict[str, tuple[int, int]] = {}
+
+    def place(name: str, data: bytes) -> int:
+        first = k.alloc()
+        for _ in range(1, (len(data) + 4095) // 4096):
+            k.alloc()
+        k.ram[first:first + len(data)] = data
+        regions[name] = (first, first + len(data))
+        return first
+
+    bpa = place("btf", blob)
+    syms["__start_BTF"] = k.gva(bpa)
+    syms["__stop_BTF"] = k.gva(bpa + len(blob))
+    syms["swapper_pg_dir"] = START_KERNEL_MAP + k.init_root
+    names, table, index, offsets, rbase = kallsyms_tables(syms)
+    npa = place("kallsyms_names", names + table)            # token table right after names
+    regions["kallsyms_token_table"] = (npa + len(names), npa + len(names) + len(table))
+    where = {"kallsyms_names": npa, "kallsyms_token_table": npa + len(names),
+             "kallsyms_token_index": place("kallsyms_token_index", index),
+             "kallsyms_num_syms": place("kallsyms_num_syms",
+                                        struct.pack("<I", len(offsets) // 4)),
+             "kallsyms_offsets": place("kallsyms_offsets", offsets),
+             "kallsyms_relative_base": place("kallsyms_relative_base",
+                                             struct.pack("<Q", rbase))}
+    k.vmcoreinfo_extra = b"".join(f"SYMBOL({n})={k.gva(pa):x}\n".encode()
+                                  for n, pa in where.items())
+    k.materialize()                       # the globals again, after the new allocations
+    return bytes(elf_bytes(k.ram, k.vmcoreinfo(), k.pob, image=True)), regions
+
+
 def bundle(k: FuzzKernel) -> tuple[bytes, bytes, bytes]:
     """(vmcore, btf, System.map) bytes of ``k`` (its globals are written into RAM)."""
     import os
