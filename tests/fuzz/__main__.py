@@ -191,6 +191,7 @@ def run_all(cases: list, jobs: int, progress: bool = True, log=None) -> Totals:
                 os.unlink(beat)
             except OSError:
                 pass
+        harness.cleanup()                       # the heartbeat files' directory
     tot.wall = time.monotonic() - t0            # type: ignore[attr-defined]
     return tot
 

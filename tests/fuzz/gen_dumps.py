@@ -267,7 +267,11 @@ def mutate(rng: random.Random, b: Base, data: bytearray, files: dict,
     elif c == "map":
         lines = files["map"].split(b"\n")
         how = rng.randrange(6)
-        i = rng.randrange(len(lines) - 1)
+        # the "ADDR t name" lines (a first mutation may have added garbage ones)
+        good = [n for n, ln in enumerate(lines) if len(ln.split(b" ")) == 3] or [0]
+        i = good[rng.randrange(len(good))]
+        if how in (0, 3, 4) and len(lines[i].split(b" ")) != 3:
+            how = 2
         if how == 0:
             addr, t, name = lines[i].split(b" ")
             lines[i] = b" ".join([f"{interesting(rng):016x}".encode(), t, name])
@@ -280,13 +284,14 @@ def mutate(rng: random.Random, b: Base, data: bytearray, files: dict,
                                         b"ffffffffffffffffff D init_mm", b"x" * 5000]))
             recipe.append("System.map: a garbage line")
         elif how == 3:
-            j = rng.randrange(len(lines) - 1)
+            j = good[rng.randrange(len(good))]
             a, b_ = lines[i].split(b" ")[2], lines[j].split(b" ")[2]
             lines[i] = lines[i].rsplit(b" ", 1)[0] + b" " + b_
             lines[j] = lines[j].rsplit(b" ", 1)[0] + b" " + a
             recipe.append(f"System.map: {a.decode()} and {b_.decode()} swapped")
         elif how == 4:
-            lines.insert(i, lines[i].split(b" ")[0] + b" D " + lines[rng.randrange(len(lines) - 1)].split(b" ")[2])
+            other = lines[good[rng.randrange(len(good))]].split(b" ")[2]
+            lines.insert(i, lines[i].split(b" ")[0] + b" D " + other)
             recipe.append("System.map: a duplicated name at another address")
         else:
             lines = lines[::-1]

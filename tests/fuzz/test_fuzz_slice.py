@@ -64,6 +64,13 @@ KNOWN: dict[tuple[str, int, bool], str] = {
 KNOWN_LIMIT = 3.0      # a known hang must still be one; 3 s shows it (a fix makes it ms)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _scratch():
+    """The cases' scratch directory (tmpfs) goes when the slice is done."""
+    yield
+    harness.cleanup()
+
+
 def _fails(cases) -> list[harness.Outcome]:
     out = []
     for kind, seed, cli in cases:
