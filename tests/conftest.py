@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.bed.boots import BedSession
+from tests.bed.boots import UV_KERNELS, BedSession
 from tests.bed.cache import have_host_tools
 
 MMRWATCH = [sys.executable, "-m", "mmrwatch"]
@@ -22,13 +22,27 @@ collect_ignore = ["fuzz"]
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """A test booting a UV-kernel plan needs that kernel even when its module is not marked
-    (tests/run runs those after the background build; ``-m`` sees this mark)."""
+    (tests/run runs those after the background builds; ``-m`` sees these marks): every UV
+    test is ``uvkernel``, and the 6.12 ones (``uvk`` = uv612, or a uv612-* plan) also
+    ``uv612``, which tests/run runs last, after that kernel's build."""
     from tests.bed.boots import PLANS
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if any(isinstance(v, str) and v in PLANS and PLANS[v].kernel == "uv"
-               for v in params.values()):
+        kernels = {PLANS[v].kernel for v in params.values() if isinstance(v, str) and v in PLANS}
+        if params.get("uvk") in UV_KERNELS:
+            kernels.add(params["uvk"])
+        if kernels & set(UV_KERNELS):
             item.add_marker(pytest.mark.uvkernel)
+        if "uv612" in kernels:
+            item.add_marker(pytest.mark.uv612)
+
+
+@pytest.fixture(scope="session", params=list(UV_KERNELS), ids=list(UV_KERNELS.values()))
+def uvk(request) -> str:
+    """The UV-enabled kernel a UV test runs on (a ``tests.bed.boots.KERNELS`` key): every
+    UV real-kernel test runs on each, 6.1 and 6.12 (issue 14).  Its boots are
+    ``f"{uvk}-{suffix}"`` (``uv-l4``, ``uv612-l4``)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

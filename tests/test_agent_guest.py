@@ -55,7 +55,7 @@ def _value(prom, expr):
     return float(r[0]["value"][1]) if r else None
 
 
-def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
+def test_agent_in_guest_alerts_fire_and_resolve(bed, uvk, tmp_path):
     seen: dict = {}
 
     def in_guest(guest, res):
@@ -139,13 +139,13 @@ def test_agent_in_guest_alerts_fire_and_resolve(bed, tmp_path):
         seen["nobody_log"] = (xfer / "nobody.log").read_text()
         seen["nobody_gone"] = (xfer / "nobody.gone").exists()
 
-    bed.boot("uv-agent", keep=in_guest)
+    bed.boot(f"{uvk}-agent", keep=in_guest)
     # not a UV machine yet: EFI runtime ranges only, UV kernel on non-UV hardware
     assert seen["plain"]["ranges_uv"] == 0 and seen["plain"]["efi"] >= 1
     assert seen["plain"]["uv"] == "uv-kernel-non-uv-hardware"
     # no --vmlinux, none in the standard places nor the bed's cache: BTF + the kernel's kallsyms
     assert "No such file" in seen["vmlinux_visible"] and "vmlinux" not in \
-        seen["vmlinux_visible"].replace(str(bed.kernel("uv").vmlinux), ""), seen["vmlinux_visible"]
+        seen["vmlinux_visible"].replace(str(bed.kernel(uvk).vmlinux), ""), seen["vmlinux_visible"]
     assert seen["plain"]["kernel"]["types"] == "btf"
     assert seen["plain"]["kernel"]["symbols"] == "kallsyms"
     assert seen["healthy_alerts"] == []

@@ -31,7 +31,7 @@ def _report(dump, vmlinux, fmt="json"):
     return out
 
 
-def test_fault_in_efi_code_while_on_the_kernel_page_table(bed):
+def test_fault_in_efi_code_while_on_the_kernel_page_table(bed, uvk):
     chosen = {}
 
     def redirect(guest, res):
@@ -46,7 +46,7 @@ def test_fault_in_efi_code_while_on_the_kernel_page_table(bed):
         _, out, _ = guest.run("cat /proc/sys/kernel/panic_on_oops")
         chosen["panic_on_oops"] = out.strip()
 
-    b = bed.boot("uv-efifault", keep=redirect)
+    b = bed.boot(f"{uvk}-efifault", keep=redirect)
     assert chosen["panic_on_oops"] == "1"
     doc = _report(b.real_kdump, b.kernel.vmlinux)
     c = doc["crash"]
@@ -73,8 +73,8 @@ def test_fault_in_efi_code_while_on_the_kernel_page_table(bed):
     assert "| init_mm | **no** |" in md and "| efi_mm | yes |" in md
 
 
-def test_sysrq_crash_and_running_dumps(bed):
-    b = bed.boot("uv-kdump")
+def test_sysrq_crash_and_running_dumps(bed, uvk):
+    b = bed.boot(f"{uvk}-kdump")
     c = _report(b.real_kdump, b.kernel.vmlinux)["crash"]
     assert c["crashed"] and c["fault_address"] is None
     assert c["panic_message"] == "sysrq triggered crash"

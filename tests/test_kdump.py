@@ -11,8 +11,8 @@ def _summary(doc):
                   for r in doc["ranges"] for e in r["expectations"])
 
 
-def test_real_kdump_reads_like_the_live_dump(bed):
-    b = bed.boot("uv-kdump")
+def test_real_kdump_reads_like_the_live_dump(bed, uvk):
+    b = bed.boot(f"{uvk}-kdump")
     assert "crashkernel=192M" in b.facts["cmdline"]
     with open(b.real_kdump, "rb") as f:
         assert f.read(8) == b"KDUMP   "          # makedumpfile -c output, not flattened

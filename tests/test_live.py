@@ -26,7 +26,7 @@ def _fetch(url: str, timeout: float = 120) -> str:
             time.sleep(0.5)
 
 
-def test_live_check_in_guest_agrees_with_dump(bed):
+def test_live_check_in_guest_agrees_with_dump(bed, uvk):
     import sys
     from tests.conftest import report_both, report_live
     live = {}
@@ -44,7 +44,7 @@ def test_live_check_in_guest_agrees_with_dump(bed):
         finally:
             guest.resume()
 
-    b = bed.boot("uv-l5", keep=in_guest)
+    b = bed.boot(f"{uvk}-l5", keep=in_guest)
     assert live["rc"] == 0, live["doc"]
     doc = live["doc"]
     assert doc["target"]["live"] is True and doc["target"]["path"] == "/proc/kcore"

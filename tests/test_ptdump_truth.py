@@ -13,12 +13,12 @@ from tests.conftest import mmrwatch
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
 
-@pytest.mark.parametrize("boot", ["uv-l5", "uv-l4"])
+@pytest.mark.parametrize("boot", ["l5", "l4"])
 @pytest.mark.parametrize("mm", ["kernel", "efi"])
 @pytest.mark.parametrize("types", ["dwarf", "btf"])
-def test_ptdump_identical_to_kernel(bed, boot, mm, types):
+def test_ptdump_identical_to_kernel(bed, uvk, boot, mm, types):
     """With DWARF and with BTF + kallsyms alike (the address markers come from memory)."""
-    b = bed.boot(boot)
+    b = bed.boot(f"{uvk}-{boot}")
     truth = b.truth[mm]
     assert truth.startswith("---[ User Space ]---"), truth[:200]
     src = ["--vmlinux", str(b.kernel.vmlinux)] if types == "dwarf" else ["--debug-info", "btf"]

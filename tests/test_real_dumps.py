@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.bed.boots import UV_KERNELS
 from tests.conftest import live_view, mmrwatch, report_both, report_live
 
 pytestmark = pytest.mark.realkernel
@@ -29,8 +30,9 @@ def flash(doc):
     return {(e["mm"], e["rule"]): e for e in r["expectations"]}
 
 
-@pytest.mark.parametrize("name,levels", [("debian-l5", 5), ("debian-l4-efidebug", 4),
-                                         ("uv-l5", 5), ("uv-l4-efidebug", 4)])
+@pytest.mark.parametrize("name,levels", [("debian-l5", 5), ("debian-l4-efidebug", 4)] +
+                         [(f"{k}-{s}", n) for k in UV_KERNELS for s, n in (("l5", 5),
+                                                                          ("l4-efidebug", 4))])
 def test_efi_runtime_audit_on_real_firmware(bed, name, levels):
     """OVMF's flash MMIO is mapped in efi_mm 1:1 and at its EFI VA, absent from init_mm."""
     b = bed.boot(name)
@@ -72,8 +74,8 @@ def test_kdump_compressed_dump_gives_the_same_findings(bed):
 @pytest.mark.parametrize("name,reason", [
     ("debian-noruntime", "runtime services disabled"),
     ("debian-seabios", "not booted through EFI"),
-    ("uv-noruntime", "runtime services disabled"),
-    ("uv-seabios", "not booted through EFI"),
+    *[(f"{k}-{s}", why) for k in UV_KERNELS for s, why in (
+        ("noruntime", "runtime services disabled"), ("seabios", "not booted through EFI"))],
 ])
 def test_efi_mm_without_table_is_a_clear_state(bed, name, reason):
     b = bed.boot(name)
@@ -120,8 +122,8 @@ def test_ranges_file_on_real_dump(bed, tmp_path):
                   ("efi_mm", "efi_va"): "ok"}
 
 
-@pytest.mark.parametrize("name,state", [("debian-l5", "not-uv-kernel"),
-                                        ("uv-l5", "uv-kernel-non-uv-hardware")])
+@pytest.mark.parametrize("name,state", [("debian-l5", "not-uv-kernel")] +
+                         [(f"{k}-l5", "uv-kernel-non-uv-hardware") for k in UV_KERNELS])
 def test_uv_state_of_real_kernels(bed, name, state):
     """Debian's kernel has no CONFIG_X86_UV; the UV build on QEMU finds no UV hub."""
     b = bed.boot(name)

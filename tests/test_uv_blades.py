@@ -43,7 +43,7 @@ def _efi_pages(ptdump: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def numa(bed):
+def numa(bed, uvk):
     seen = {}
 
     def scenarios(guest, b):
@@ -71,7 +71,7 @@ def numa(bed):
         seen["dump"] = report_on_dump(guest, b, "faults", paused=True)
         seen["live"] = report_live(guest, b)
 
-    seen["boot"] = bed.boot("uv-numa", keep=scenarios)
+    seen["boot"] = bed.boot(f"{uvk}-numa", keep=scenarios)
     return seen
 
 

@@ -1,6 +1,7 @@
 """UV personalities on a real UV-enabled kernel (issue 4): hub state injected into the
 running guest, then checked on a dump of it, and the 2016 regression also live inside the
-guest on its /proc/kcore.  Multi-blade personalities, and every fault at once in a dump, live
+guest on its /proc/kcore, on each UV kernel (6.1 and 6.12: ``uvk``).  Multi-blade
+personalities, and every fault at once in a dump, live
 and in a real kdump, are in test_uv_blades.py.
 
 Expected findings are written from the rules (research notes §2.4): MMRs in init_mm at
@@ -10,6 +11,8 @@ from init_mm at every EFI call; a runtime-MMIO MMR is also mapped 1:1 in efi_mm.
 import json
 
 import pytest
+
+from mmrwatch.collectors import efi
 
 from tests.bed import uvinject as U
 from tests.conftest import mmrwatch, report_live, report_on_dump as _report
@@ -28,7 +31,7 @@ def _st(doc, name, mm, rule="direct"):
     return None
 
 
-def test_uv_scenarios_on_a_running_kernel(bed):
+def test_uv_scenarios_on_a_running_kernel(bed, uvk):
     seen = {}
 
     def scenarios(guest, b):
@@ -65,6 +68,14 @@ def test_uv_scenarios_on_a_running_kernel(bed):
             gm.unmap_2m(gm.root("init_mm"), pob["v"] + LOCAL[0], LOCAL[1])
             gm.map_2m(gm.root("efi_mm"), LOCAL[0], *LOCAL, U.EFI_UCMINUS)
             gm.add_runtime_mmio(*LOCAL)
+            # ... and UVsystab as a real UV kernel holds it: uv_systab an ioremap()ped VA
+            # (the HPET's, the one VM_IOREMAP area this guest keeps: not in a dump, zeros
+            # through /proc/kcore), uv_systab_phys in firmware runtime data
+            data = [d for d in efi.read_memmap(gm.prog)
+                    if d.type_name == "RuntimeServicesData" and d.runtime][0]
+            seen["systab"] = data.phys + 0x100
+            gm.set_var("uv_systab", gm.prog["hpet_virt_address"].value_())
+            gm.set_var("uv_systab_phys", seen["systab"])
         U.inject(guest, regression)
         seen["2016"] = _report(guest, b, "2016")
         seen["live"] = report_live(guest, b)
@@ -73,7 +84,7 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         #    boot: the crash path makes no EFI call
         U.inject(guest, lambda gm: gm.reopen_stale_window(pob["v"] + 0x3FFF0000000))
 
-    b = bed.boot("uv-inject-kdump", keep=scenarios)
+    b = bed.boot(f"{uvk}-inject-kdump", keep=scenarios)
     res = mmrwatch("report", "--vmcore", str(b.real_kdump), "--vmlinux", str(b.kernel.vmlinux),
                    "--format", "json")
     seen["kdump"] = (json.loads(res.stdout), res.returncode)
@@ -116,6 +127,17 @@ def test_uv_scenarios_on_a_running_kernel(bed):
         # the kernel half is shared, so efi_mm's direct-map view lacks it too: two findings
         assert sorted(problems) == [("LOCAL_MMR", "efi_mm", "direct"), ("LOCAL_MMR", "init_mm", "direct")]
     assert seen["live"][0]["target"]["live"] is True
+    # UVsystab: unreadable in a dump (firmware memory); live, read as zeros through
+    # /proc/kcore and said so, and the page holding it checked in efi_mm instead
+    assert any(n.startswith("UVsystab is not readable") for n in seen["2016"][0]["notes"])
+    doc = seen["live"][0]
+    assert any(n.startswith("UVsystab cannot be read through /proc/kcore") and
+               f"uv_systab_phys 0x{seen['systab']:x}" in n for n in doc["notes"]), doc["notes"]
+    (tab,) = [r for r in doc["ranges"] if r["name"] == "UV_SYSTAB"]
+    assert tab["attrs"]["efi_region"] == "RuntimeServicesData"
+    assert [(e["mm"], e["rule"], e["status"]) for e in tab["expectations"]][0] == \
+        ("efi_mm", "identity", "ok")
+    assert all(e["status"] == "ok" for e in tab["expectations"])
 
     # the real kdump: the 2016 failure and, for MMR_HI, a slot init_mm replaced since the
     # last EFI call while efi_mm still holds the old table: "diverged", not the empty-slot
@@ -130,7 +152,7 @@ def test_uv_scenarios_on_a_running_kernel(bed):
     assert rc == 2
 
 
-def test_more_personalities_and_failures_on_one_running_kernel(bed):
+def test_more_personalities_and_failures_on_one_running_kernel(bed, uvk):
     """UV5 healthy, then on top of it: the reverse failure (runtime-listed MMR absent from
     efi_mm's 1:1 map), a 2 MiB hole inside MMR_HI, and a hubless system.  Each state is
     dumped in the same pause that wrote it."""
@@ -178,7 +200,7 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed):
         _, so, _ = guest.run("dmesg | grep -e 'UV: Map' -e mmrwatch-after-injection")
         seen["dmesg"] = so
 
-    bed.boot("uv-inject", keep=scenarios)
+    bed.boot(f"{uvk}-inject", keep=scenarios)
     doc, rc = seen["uv5"]
     # UV5: revision base 9, MMR_HI segment 32 MiB (shift 25), GRU 32 MiB, no GLOBAL_MMR32
     assert doc["uv"] == {"state": "hubbed", "hub": "UV5", "revision": 9, "blades": 1,

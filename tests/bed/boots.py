@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from .cache import log
 from .kernels import Kernel, bullseye_kernel, debian_kernel, uv_kernel
 from .qemu import BootSpec, Guest
+from .truth import capture as capture_truth
 
 
 @dataclass(frozen=True)
 class BootPlan:
-    kernel: str                      # "debian" | "uv"
+    kernel: str                      # a KERNELS key: "debian", "uv" (6.1), "uv612", ...
     spec: BootSpec
     kdump_format: bool = False       # also take a kdump-compressed dump
     truth: bool = False              # capture the kernel's own ptdump first
@@ -75,7 +76,13 @@ PLANS: dict[str, BootPlan] = {
     "uv-kdump": BootPlan("uv", BootSpec(la57=True, mem_mib=768, append="crashkernel=192M"),
                          real_kdump=True),
 }
+# Every UV plan also runs on the 6.12 UV kernel (issue 14), as "uv612-<same suffix>": the
+# same boot, another generation of uv_system_init_hub() (one hub info per blade, v6.5+)
+UV_KERNELS = {"uv": "6.1", "uv612": "6.12"}
+PLANS.update({f"uv612-{name[3:]}": replace(plan, kernel="uv612")
+              for name, plan in list(PLANS.items()) if plan.kernel == "uv"})
 KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel,
+                                            "uv612": lambda: uv_kernel("6.12"),
                                             "debian-bullseye": bullseye_kernel}
 
 
@@ -102,60 +109,28 @@ echo "runtime_attrs=$(cat /sys/firmware/efi/runtime-map/*/attribute 2>/dev/null 
 
 
 def capture(guest: Guest, plan: BootPlan, out: Path) -> BootResult:
-    """Collect facts (+ ptdump truth), then pause, dump, and resume the guest."""
+    """Collect facts (+ the kernel's own ptdump, consistent with the dump: truth.py), then
+    pause, dump, and resume the guest."""
     res = BootResult("", guest.kernel, plan, out, out / "vmcore.elf")
     _, so, _ = guest.run(GUEST_FACTS)
     res.facts = dict(line.split("=", 1) for line in so.splitlines() if "=" in line)
-    if plan.truth:
-        _capture_truth(guest)
-    guest.pause()
-    try:
-        if plan.truth:
-            for mm in ("kernel", "efi"):
-                src = guest.xfer / f"truth-{mm}"
-                res.truth[mm] = src.read_text() if src.exists() else ""
-                (out / f"truth-{mm}.txt").write_text(res.truth[mm])
+
+    def dump() -> None:
         guest.dump(res.elf, "elf")
         if plan.kdump_format:
             res.kdump = guest.dump(out / "vmcore.kdump", "kdump-zlib")
-    finally:
-        guest.resume()
-        if plan.truth:
-            _release_truth(guest)
+    if plan.truth:
+        res.truth = capture_truth(guest, dump)
+        for mm, text in res.truth.items():
+            (out / f"truth-{mm}.txt").write_text(text)
+    else:
+        guest.pause()
+        try:
+            dump()
+        finally:
+            guest.resume()
     (out / "facts.json").write_text(json.dumps(res.facts, indent=1))
     return res
-
-
-# The capture must not change what it captures: a forked `cat` has its own vmalloc'd
-# stack, mapped while it reads and gone by the dump.  So the script reads debugfs with
-# shell builtins only and then stays alive, busy-waiting on builtins (no fork), until the
-# host has paused the guest and taken the dump.
-_TRUTH = r"""
-for mm in kernel efi; do
-  : > /xfer/truth-$mm
-  [ -e /sys/kernel/debug/page_tables/$mm ] || continue
-  while IFS= read -r line; do printf '%s\n' "$line"; done \
-    < /sys/kernel/debug/page_tables/$mm > /xfer/truth-$mm
-done
-: > /xfer/truth-done
-while [ ! -e /xfer/truth-release ]; do :; done
-"""
-
-
-def _capture_truth(guest: Guest) -> None:
-    import threading
-    (guest.xfer / "truth-release").unlink(missing_ok=True)
-    t = threading.Thread(target=guest.run, args=(_TRUTH,), kwargs={"timeout": 600}, daemon=True)
-    t.start()
-    guest.wait_file(guest.xfer / "truth-done", 300)
-    guest._truth_thread = t
-
-
-def _release_truth(guest: Guest) -> None:
-    t = getattr(guest, "_truth_thread", None)
-    if t is not None:
-        (guest.xfer / "truth-release").touch()
-        t.join(120)
 
 
 class BedSession:

@@ -225,7 +225,13 @@ class GuestMemory:
                          (2 << flags_shift) | rid)                 # desc_finalized
         struct.pack_into("<Q", self.ram, self.facts.kernel_pa(tr.head_lpos.address_), nxt)
         struct.pack_into("<Q", self.ram, self.facts.kernel_pa(dr.head_id.address_), rid)
-        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(dr.last_finalized_id.address_), rid)
+        # the newest finalized record: by id (last_finalized_id) up to v6.8; by sequence
+        # number from v6.9 (John Ogness's prb_next_seq() series: last_finalized_seq, kept
+        # by desc_update_last_finalized())
+        names = {m.name for m in dr.type_.members}
+        last, val = (("last_finalized_seq", seq) if "last_finalized_seq" in names
+                     else ("last_finalized_id", rid))
+        struct.pack_into("<Q", self.ram, self.facts.kernel_pa(getattr(dr, last).address_), val)
 
 @dataclass(frozen=True)
 class Personality:
@@ -247,11 +253,20 @@ class Personality:
 def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str, tuple[int, int]]:
     """Install hub state for ``p`` and (optionally) its init_mm mappings; returns the ranges.
 
-    As ``uv_system_init_hub()`` leaves it (v6.1): one ``struct uv_hub_info_s`` per possible
-    NUMA node (node 0's is the static ``uv_hub_info_node0``, the others allocated), each a
-    copy of the system-wide hub info with its node's ``pnode`` and ``numa_blade_id``; nodes
-    are spread over the blades in order, so a multi-blade personality needs a multi-node
-    guest (``numa=fake=N``).  A previous personality's init_mm mappings are removed first.
+    As the kernel's ``uv_system_init_hub()`` leaves it, per generation (keyed, as mmrwatch
+    is, by what the kernel has: ``uv_hub_info_s.node_to_socket``):
+
+    * up to v6.4: one ``struct uv_hub_info_s`` per possible NUMA node (node 0's is the
+      static ``uv_hub_info_node0``, the others allocated), each a copy of the system-wide
+      hub info with its node's ``pnode``, ``numa_blade_id`` and ``memory_nid``;
+    * v6.5+ ("x86/platform/uv: Update UV[23] platform code for SNC", the sub-NUMA
+      clustering series): one per *blade* (blade 0's is ``uv_hub_info_node0``), and
+      ``__uv_hub_info_list[node]`` points at the struct of the node's blade, shared by all
+      its nodes; ``memory_nid`` is the blade's first node (set from its first CPU).
+
+    Nodes are spread over the blades in order, so a multi-blade personality needs a
+    multi-node guest (``numa=fake=N``).  A previous personality's init_mm mappings are
+    removed first.
     """
     prog = gm.prog
     nodes = int(prog["nr_node_ids"])
@@ -263,18 +278,25 @@ def make_uv(gm: GuestMemory, p: Personality, map_init: bool = True) -> dict[str,
     shift = 25 if p.hub == "UV5" else 26
     gshift = 25 if p.hub == "UV5" else 26 if p.hub.startswith("UV4") else 28
     t = prog.type("struct uv_hub_info_s")
+    names = {m.name for m in t.members}
+    per_blade = "node_to_socket" in names
     lst = gm.alloc(8 * nodes)
+    blade_of = [node * p.blades // nodes for node in range(nodes)]
+    placed: dict[int, int] = {}                        # owner (blade or node) -> struct VA
     for node in range(nodes):
-        blade = node * p.blades // nodes
-        h = gm.pa_of("uv_hub_info_node0") if node == 0 else gm.alloc()
-        vals = {"hub_revision": rev, "global_mmr_base": p.mmr_hi, "global_mmr_shift": shift,
-                "pnode": p.pnode(blade), "numa_blade_id": blade, "m_val": 40, "n_val": 6,
-                "memory_nid": node}
-        if any(m.name == "hub_type" for m in t.members):
-            vals["hub_type"] = hub_type
-        gm.write(h, drgn.Object(prog, t, value=vals).to_bytes_())
-        va = prog["uv_hub_info_node0"].address_ if node == 0 else gm.facts.page_offset_base + h
-        struct.pack_into("<Q", gm.ram, lst + 8 * node, va)
+        blade = blade_of[node]
+        owner = blade if per_blade else node
+        if owner not in placed:
+            h = gm.pa_of("uv_hub_info_node0") if owner == 0 else gm.alloc()
+            vals = {"hub_revision": rev, "global_mmr_base": p.mmr_hi,
+                    "global_mmr_shift": shift, "pnode": p.pnode(blade),
+                    "numa_blade_id": blade, "m_val": 40, "n_val": 6, "memory_nid": node}
+            if "hub_type" in names:
+                vals["hub_type"] = hub_type
+            gm.write(h, drgn.Object(prog, t, value=vals).to_bytes_())
+            placed[owner] = (prog["uv_hub_info_node0"].address_ if owner == 0
+                             else gm.facts.page_offset_base + h)
+        struct.pack_into("<Q", gm.ram, lst + 8 * node, placed[owner])
     gm.set_var("__uv_hub_info_list", gm.facts.page_offset_base + lst)
     gm.set_var("uv_min_hub_revision_id", rev)
     ranges = {"LOCAL_MMR": (0xFA000000, 32 << 20),
