@@ -34,7 +34,8 @@ say "installing mmrwatch into .venv (editable)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,web]'
 
 if [ -n "${MMRWATCH_DEFER_UV:-}" ]; then
-  exit 0          # tests/run provisions: the UV kernel build beside downloads and tests
+  exit 0          # the caller provisions: tests/run (the UV builds beside downloads and
+                  # tests), ./demo (the UV build beside the stock-kernel part)
 fi
 say "provisioning test artefacts (cached in ${MMRWATCH_CACHE:-$HOME/.cache/mmrwatch})"
 .venv/bin/python -m tests.bed.kernels all
