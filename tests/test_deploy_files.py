@@ -70,3 +70,122 @@ def test_alert_rules_pass_promtool():
     t = subprocess.run([str(promtool()), "test", "rules", "mmrwatch.rules.test.yml"],
                        cwd=RULES, capture_output=True, text=True)
     assert t.returncode == 0 and "SUCCESS" in t.stdout, t.stdout + t.stderr
+
+
+def _rules() -> dict:
+    import yaml
+    return yaml.safe_load((RULES / "mmrwatch.rules.yml").read_text())
+
+
+def _alerts() -> dict[str, dict]:
+    return {r["alert"]: r for g in _rules()["groups"] for r in g["rules"] if "alert" in r}
+
+
+def _anchors(md: str) -> set[str]:
+    """GitHub's heading anchors of a Markdown file."""
+    out = set()
+    for ln in md.splitlines():
+        if ln.startswith("#"):
+            title = ln.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def test_every_alert_has_summary_description_and_runbook_in_the_repo():
+    runbook = REPO / "docs" / "runbook.md"
+    anchors = _anchors(runbook.read_text())
+    bases = set()
+    for name, rule in _alerts().items():
+        ann = rule["annotations"]
+        assert set(ann) == {"summary", "description", "runbook_url"}, name
+        assert ann["summary"].strip() and len(ann["description"]) > 40, name
+        base, _, anchor = ann["runbook_url"].partition("#")
+        assert base.endswith("/docs/runbook.md") and anchor == name.lower(), name
+        assert anchor in anchors, f"{name}: no section #{anchor} in docs/runbook.md"
+        bases.add(base)
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+    assert len(bases) == 1                  # one runbook, one place to change its URL
+    text = runbook.read_text()
+    for must in ("mmrwatch report --live", "amtool silence add", "Collect for the vendor"):
+        assert must in text
+
+
+def test_job_selector_in_one_place():
+    """Only `up` needs the job (every other alert selects mmrwatch_* names and so works in
+    textfile mode, scraped under node_exporter's job); renaming it there and in the scrape
+    config's job_name is all a fleet with another job name changes (shown by promtool on
+    renamed copies)."""
+    text = (RULES / "mmrwatch.rules.yml").read_text()
+    exprs = "\n".join(str(r["expr"]) for g in _rules()["groups"] for r in g["rules"])
+    assert len(re.findall(r"\bjob\s*[=!]~?", exprs)) == 1 and 'up{job="mmrwatch"}' in exprs
+    import yaml
+    scrape = yaml.safe_load((RULES / "scrape.yml").read_text())
+    assert [j["job_name"] for j in scrape["scrape_configs"]] == ["mmrwatch"]
+
+
+def test_rules_work_under_another_job_name(tmp_path):
+    (tmp_path / "mmrwatch.rules.yml").write_text(
+        (RULES / "mmrwatch.rules.yml").read_text().replace('up{job="mmrwatch"}', 'up{job="uvx"}'))
+    (tmp_path / "mmrwatch.rules.test.yml").write_text(
+        (RULES / "mmrwatch.rules.test.yml").read_text().replace('job="mmrwatch"', 'job="uvx"')
+        .replace("job: mmrwatch", "job: uvx"))
+    t = subprocess.run([str(promtool()), "test", "rules", "mmrwatch.rules.test.yml"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert t.returncode == 0 and "SUCCESS" in t.stdout, t.stdout + t.stderr
+
+
+def test_recording_rules_named_and_used():
+    """`level:metric:operations`, and each one read by an alert or the dashboard."""
+    import json
+    records = [r["record"] for g in _rules()["groups"] for r in g["rules"] if "record" in r]
+    users = "\n".join(str(r["expr"]) for r in _alerts().values())
+    dash = json.loads((REPO / "deploy/grafana/mmrwatch.json").read_text())
+    users += "\n".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    for rec in records:
+        assert re.fullmatch(r"[a-z_]+:[a-z][a-z0-9_]*:[a-z0-9_]+", rec), rec
+        assert re.search(rf"(?<![\w:]){re.escape(rec)}(?![\w:])", users), f"{rec} unused"
+
+
+def test_promtool_tests_cover_every_alert_firing_and_not_firing():
+    """For each alert in the rules file: a case where it fires, and one where it does not
+    although its input series exist (pending, resolved, or below its threshold)."""
+    import yaml
+    doc = yaml.safe_load((RULES / "mmrwatch.rules.test.yml").read_text())
+    assert doc["rule_files"] == ["mmrwatch.rules.yml"]
+    fires, quiet = set(), set()
+    for group in doc["tests"]:
+        metrics = {re.match(r"[\w:]+", s["series"]).group(0) for s in group["input_series"]}
+        for case in group.get("alert_rule_test", []):
+            name = case["alertname"]
+            if case.get("exp_alerts"):
+                fires.add(name)
+                for a in case["exp_alerts"]:
+                    assert set(a["exp_annotations"]) == {"summary", "description",
+                                                         "runbook_url"}, name
+            elif name in _alerts() and any(
+                    re.search(rf"\b{m}\b", str(_alerts()[name]["expr"])) for m in metrics):
+                quiet.add(name)
+    assert set(_alerts()) - fires == set(), "alerts never tested firing"
+    assert set(_alerts()) - quiet == set(), "alerts never tested staying quiet on real input"
+    assert (fires | quiet) - set(_alerts()) == set(), "tests for alerts that do not exist"
+
+
+def test_scrape_example_and_role_defaults_agree():
+    """A default deploy is scrapeable: the role listens on every interface on the port the
+    example scrapes (the daemon's own default, 127.0.0.1, serves hand-started instances)."""
+    import yaml
+    defaults = yaml.safe_load((REPO / "deploy/ansible/roles/mmrwatch/defaults/main.yml")
+                              .read_text())
+    host, _, port = defaults["mmrwatch_web_listen_address"].rpartition(":")
+    assert host in ("0.0.0.0", "", "[::]") and port == "19864"
+    specs = yaml.safe_load((REPO / "deploy/ansible/roles/mmrwatch/meta/argument_specs.yml")
+                           .read_text())["argument_specs"]["main"]["options"]
+    assert specs["mmrwatch_web_listen_address"]["default"] == \
+        defaults["mmrwatch_web_listen_address"]
+    scrape = yaml.safe_load((RULES / "scrape.yml").read_text())
+    for job in scrape["scrape_configs"]:
+        for sc in job["static_configs"]:
+            assert all(t.rsplit(":", 1)[1] == port for t in sc["targets"])
+        assert job.get("metrics_path", "/metrics") == defaults["mmrwatch_web_telemetry_path"]
+    default_args = (REPO / "deploy/default/mmrwatch").read_text()
+    assert re.search(rf'^ARGS=".*--web.listen-address=0\.0\.0\.0:{port}', default_args, re.M)
