@@ -189,3 +189,54 @@ def test_scrape_example_and_role_defaults_agree():
         assert job.get("metrics_path", "/metrics") == defaults["mmrwatch_web_telemetry_path"]
     default_args = (REPO / "deploy/default/mmrwatch").read_text()
     assert re.search(rf'^ARGS=".*--web.listen-address=0\.0\.0\.0:{port}', default_args, re.M)
+
+
+ROLE = REPO / "deploy" / "ansible" / "roles" / "mmrwatch"
+
+
+def test_role_is_self_contained():
+    """Nothing in the role reaches outside it (it is copied into other Ansible projects);
+    its copies of the unit and drop-ins are the repo's systemd/ files, byte for byte."""
+    for f in ROLE.rglob("*"):
+        if f.is_file() and f.suffix in (".yml", ".j2"):
+            text = f.read_text()
+            assert "../" not in text and "role_path" not in text, f
+    for name in ("mmrwatch.service", "mmrwatch-textfile.conf", "mmrwatch-kallsyms.conf"):
+        assert (ROLE / "files" / name).read_bytes() == (REPO / "systemd" / name).read_bytes(), \
+            f"roles/mmrwatch/files/{name} differs from systemd/{name}: copy it again"
+    import yaml
+    specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    opts = specs["argument_specs"]["main"]["options"]
+    assert opts["mmrwatch_wheelhouse_dir"].get("required") is True
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    assert "mmrwatch_wheelhouse_dir" not in defaults
+    assert set(defaults) <= set(opts)                      # every default is validated
+    readme = (ROLE / "README.md").read_text()
+    for var in opts:
+        assert f"`{var}`" in readme, f"role README does not document {var}"
+
+
+def test_playbook_syntax(tmp_path):
+    """The example playbook and the role parse (ansible-playbook --syntax-check), run from
+    a copy holding only deploy/ansible, as it would be outside this repository."""
+    shutil.copytree(REPO / "deploy" / "ansible", tmp_path / "ansible")
+    inv = tmp_path / "inventory"
+    inv.write_text("[uv_fleet]\nh1 ansible_host=192.0.2.1\n")
+    env = {"ANSIBLE_CONFIG": str(tmp_path / "ansible/ansible.cfg"), "HOME": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "ANSIBLE_NOCOLOR": "1"}
+    r = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check",
+                        "-i", str(inv), str(tmp_path / "ansible/playbook.yml")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_yaml_is_yamllint_clean():
+    """Every YAML file of the repository under the committed .yamllint (strict: warnings
+    fail too)."""
+    assert (REPO / ".yamllint").is_file()
+    files = subprocess.run(["git", "ls-files", "*.yml", "*.yaml", ".yamllint"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(files) >= 12
+    r = subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable",
+                        *files], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
