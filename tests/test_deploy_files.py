@@ -240,3 +240,32 @@ def test_yaml_is_yamllint_clean():
     r = subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable",
                         *files], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dashboard_is_importable_and_complete():
+    """What Grafana's import expects of a shared dashboard (``__inputs`` for the data source,
+    ``__requires`` naming every panel type), shared crosshair, a ``job`` variable used by
+    every query, and the wrong-cache and stale panels.  Its queries run against a real
+    Prometheus in tests/test_dashboard.py."""
+    import json
+    dash = json.loads((REPO / "deploy/grafana/mmrwatch.json").read_text())
+    assert [i["pluginId"] for i in dash["__inputs"]] == ["prometheus"]
+    ds_input = "${" + dash["__inputs"][0]["name"] + "}"
+    requires = {(r["type"], r["id"]) for r in dash["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= requires
+    assert {("panel", p["type"]) for p in dash["panels"]} <= requires
+    assert dash["graphTooltip"] == 1 and dash["id"] is None and dash["uid"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == ds_input
+    assert variables["job"]["definition"] == "label_values(mmrwatch_build_info, job)"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(set(ids)) == len(ids)
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        for t in p["targets"]:
+            assert t["expr"].count("mmrwatch_") == t["expr"].count('job=~"$job"'), t["expr"]
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in ("mmrwatch_wrong_cache_bytes", "mmrwatch_stale_bytes",
+                   "mmrwatch_range_wrong_cache_bytes", "mmrwatch_range_stale_bytes"):
+        assert metric + "{" in exprs, metric
+    assert "DS_PROMETHEUS" not in json.dumps(dash["panels"])    # panels follow the variable
