@@ -1,9 +1,10 @@
 """Fleet deployment, proven: the Ansible role, copied alone out of this repository, applied
 over SSH to a real Debian 12 system booted with systemd as PID 1 with its default listen
 address, the service running hardened under real systemd on that guest's /proc/kcore,
-scraped by a real Prometheus on the host configured from deploy/prometheus/scrape.yml (basic
-auth uncommented, targets replaced) with the shipped alert rules; a second run changes
-nothing.
+scraped over TLS with basic auth (one role variable each; the key stays root-only on the
+guest) by a real Prometheus on the host configured from deploy/prometheus/scrape.yml (its
+TLS and basic-auth lines uncommented, targets replaced) with the shipped alert rules; a
+second run changes nothing.
 """
 import json
 import re
@@ -40,18 +41,21 @@ def _recap(out: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
-def _scrape_example(target: str, password_file: Path) -> list[dict]:
-    """deploy/prometheus/scrape.yml's jobs as an operator enabling basic auth uses them: the
-    example's commented basic_auth lines uncommented, its targets replaced by ``target``."""
-    out, in_auth = [], False
+def _scrape_example(target: str, ca_file: Path, password_file: Path) -> list[dict]:
+    """deploy/prometheus/scrape.yml's jobs as an operator enabling TLS and basic auth uses
+    them: the example's commented settings uncommented (from ``# scheme: https`` to the end
+    of the comment), its file paths and targets replaced."""
+    out, on = [], False
     for ln in (REPO / "deploy/prometheus/scrape.yml").read_text().splitlines():
-        if ln.strip() == "# basic_auth:":
-            in_auth = True
-        elif in_auth and not re.match(r"\s*#\s{3}", ln):
-            in_auth = False
-        out.append(ln.replace("# ", "", 1) if in_auth else ln)
+        if ln.strip() == "# scheme: https":
+            on = True
+        elif on and not ln.lstrip().startswith("#"):
+            on = False
+        out.append(ln.replace("# ", "", 1) if on else ln)
     jobs = yaml.safe_load("\n".join(out))["scrape_configs"]
     for job in jobs:
+        assert job["scheme"] == "https" and job["tls_config"]["ca_file"], job
+        job["tls_config"]["ca_file"] = str(ca_file)
         assert job["basic_auth"]["password_file"], job
         job["basic_auth"]["password_file"] = str(password_file)
         for sc in job["static_configs"]:
@@ -76,9 +80,21 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
                        "-o UserKnownHostsFile=/dev/null'\n")
         import bcrypt
         hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+        # TLS files on the host, root-only (the role hands them to the dynamic user as
+        # systemd credentials)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                       check=True, capture_output=True)
+        for name in ("cert.pem", "key.pem"):
+            g.ssh(f"umask 077; mkdir -p /etc/ssl/mmrwatch; cat > /etc/ssl/mmrwatch/{name} <<'EOF'\n"
+                  f"{(tmp_path / name).read_text()}EOF")
         # the default listen address (the guest's port 19864 is forwarded from the host,
         # reached through the guest's own network interface, not its loopback)
+        # TLS and basic auth: one variable each
         extra = {"mmrwatch_wheelhouse_dir": str(dist / "wheelhouse"), "mmrwatch_interval": 10,
+                 "mmrwatch_tls_server_config": {"cert_file": "/etc/ssl/mmrwatch/cert.pem",
+                                                "key_file": "/etc/ssl/mmrwatch/key.pem"},
                  "mmrwatch_basic_auth_users": {"prometheus": hashed}}
         rc, out = _playbook(project, inv, extra, tmp_path / "first.log")
         assert rc == 0, out[-4000:]
@@ -98,17 +114,22 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
         print(f"systemd-analyze security mmrwatch (on the guest): {score}")
         web_config = g.ssh("cat /etc/mmrwatch/web-config.yml").stdout
         listening = g.ssh("ss -Hltn sport = :19864", check=False).stdout
+        key_mode = g.ssh("stat -c %a:%U /etc/ssl/mmrwatch/key.pem").stdout.strip()
         man = g.ssh("test -s /opt/mmrwatch/share/man/man1/mmrwatch.1 && echo man",
                     check=False).stdout
+        import ssl
         import urllib.error
         import urllib.request
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{agent_port}/metrics", timeout=60)
+            urllib.request.urlopen(f"https://127.0.0.1:{agent_port}/metrics", timeout=60,
+                                   context=ctx)
             unauth = "200"
         except urllib.error.HTTPError as e:
             unauth = str(e.code)
         (tmp_path / "mmrwatch.pass").write_text("s3cret\n")
-        jobs = _scrape_example(f"127.0.0.1:{agent_port}", tmp_path / "mmrwatch.pass")
+        jobs = _scrape_example(f"127.0.0.1:{agent_port}", tmp_path / "cert.pem",
+                               tmp_path / "mmrwatch.pass")
         with Prometheus(tmp_path / "prom", [], [REPO / "deploy/prometheus/mmrwatch.rules.yml"],
                         scrape_configs=jobs) as prom:
             up = prom.wait("a successful check scraped from the guest", lambda: [
@@ -128,6 +149,8 @@ def test_role_deploys_hardened_service_scraped_by_prometheus(bed, tmp_path):
     assert props["Type"] == "notify" and props["DynamicUser"] == "yes"
     assert props["NRestarts"] == "0", journal[-3000:]
     assert f"prometheus: '{hashed}'" in web_config and unauth == "401"
+    assert "key_file: /run/credentials/mmrwatch.service/tls-key" in web_config, web_config
+    assert key_mode == "600:root" and "tls.conf" in dropins
     assert score <= 2.5
     assert up and float(ranges[0]["value"][1]) >= 1                 # EFI runtime regions
     # the default deploy is what the scrape example scrapes: up, and no alert even pending
