@@ -6,6 +6,7 @@ installed: installing it would start a system-wide server listening on every int
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -43,16 +44,24 @@ class Prometheus:
     """A throwaway server: loopback listener, private storage, fast scrape/eval intervals."""
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path],
-                 interval: str = "1s", scheme: str = "http", job_extra: str = "") -> None:
+                 interval: str = "1s", scheme: str = "http", job_extra: str = "",
+                 scrape_configs: Optional[list[dict]] = None) -> None:
+        """One job ``mmrwatch`` scraping ``targets``, or ``scrape_configs`` as given (each
+        job's ``scrape_interval`` is replaced by ``interval``)."""
         self.dir = workdir
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         rules = "\n".join(f"  - {p}" for p in rule_files)
+        if scrape_configs is None:
+            jobs = (f"  - job_name: mmrwatch\n    scheme: {scheme}\n{job_extra}"
+                    f"    static_configs:\n      - targets: {json.dumps(targets)}\n")
+        else:
+            jobs = "".join(f"  - {json.dumps(dict(j, scrape_interval=interval))}\n"
+                           for j in scrape_configs)
         (workdir / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
             f"rule_files:\n{rules}\n"
-            f"scrape_configs:\n  - job_name: mmrwatch\n    scheme: {scheme}\n{job_extra}"
-            f"    static_configs:\n      - targets: {json.dumps(targets)}\n")
+            f"scrape_configs:\n{jobs}")
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "Prometheus":
@@ -113,3 +122,28 @@ class Prometheus:
                 raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
                                      f"alerts: {self.alerts()}")
             time.sleep(every)
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(panel title/refId or ``$variable``, PromQL) for every query of a Grafana dashboard,
+    with its template variables replaced the way Grafana does for "All" (``allValue``) and
+    ``$__rate_interval`` by 1m; a variable the dashboard does not define is an error."""
+    dash = json.loads(path.read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    out = []
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            out.append((f"{p['title']}/{t['refId']}", t["expr"]))
+    for v in variables.values():
+        if v["type"] == "query":
+            m = re.fullmatch(r"label_values\((.*), (\w+)\)", v["definition"])
+            assert m and v["query"]["query"] == v["definition"], v
+            out.append((f"${v['name']}", m.group(1)))
+
+    def subst(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name == "__rate_interval":
+            return "1m"
+        assert name in variables and variables[name]["type"] == "query", f"undefined ${name}"
+        return variables[name]["allValue"]
+    return [(name, re.sub(r"\$\{(\w+)\}|\$(\w+)", subst, expr)) for name, expr in out]
