@@ -53,7 +53,7 @@ def crash_lines(c: Crash) -> list[str]:
     """The crash-forensics section (text and Markdown share it)."""
     out = [f"  {c.verdict}"]
     if not c.crashed:
-        return out
+        return out + [f"  ({n})" for n in c.notes]
     out.append(f"  crashed CPU    {c.panic_cpu if c.panic_cpu is not None else 'unknown'}"
                f"{', task ' + c.task if c.task else ''}")
     if c.panic_message:
@@ -78,6 +78,9 @@ def crash_lines(c: Crash) -> list[str]:
     if c.log_excerpt:
         out.append("  kernel log")
         out += [f"    {ln}" for ln in c.log_excerpt]
+    if c.notes:
+        out.append("  could not be read")
+        out += [f"    {n}" for n in c.notes]
     return out
 
 
@@ -155,6 +158,8 @@ def uv_line(s: dict) -> str:
             "hubless": "hubless UV system: no hub MMRs are mapped"}
     if s["state"] in text:
         return text[s["state"]]
+    if s["state"] == "unreadable":
+        return f"UV state unreadable ({s.get('reason', '?')}): UV ranges not checked"
     return (f"hubbed {s['hub']} (revision {s['revision']}), {s['blades']} blade(s), "
             f"pnodes {s['min_pnode']}-{s['max_pnode']}")
 
@@ -188,7 +193,7 @@ def crash_dict(c: Crash) -> dict[str, Any]:
                              for t in c.translations],
             "cpus": [{"cpu": x.cpu, "mm": x.mm, "task": x.task, "crashed": x.crashed}
                      for x in c.cpus],
-            "log_excerpt": c.log_excerpt}
+            "log_excerpt": c.log_excerpt, "notes": c.notes}
 
 
 def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
