@@ -27,7 +27,7 @@ import traceback
 
 from tests.fuzz import harness
 
-HANG = harness.LIMIT + 60          # seconds without progress before a worker is killed
+HANG = harness.LIMIT * harness.WALL_FACTOR + 60   # wall seconds without progress: killed
 CHUNK = 40
 
 
