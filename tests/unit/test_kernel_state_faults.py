@@ -192,6 +192,24 @@ def test_b4_the_bounded_reader_reads_a_wrapped_log():
     assert lines == [text for _, text in k.log] and not printk.read_log(prog).problem
 
 
+def _ring(count_bits: int, tail: int, head: int):
+    from types import SimpleNamespace as NS
+
+    def counter(v):
+        return NS(counter=NS(value_=lambda: v))
+    return NS(desc_ring=NS(count_bits=count_bits, tail_id=counter(tail), head_id=counter(head)))
+
+
+@pytest.mark.parametrize("count_bits,tail,head,says", [
+    (40, 0, 1, "count_bits 40"),                            # 2^40 descriptors
+    (5, 0, 32, "spans more ids than its 32 descriptors"),   # tail..head is 33 records
+    (5, 7, 6, "spans more ids"),                            # head behind tail: 2^62 - 1 ids
+])
+def test_b4_a_lockless_ring_is_walked_only_when_tail_to_head_fits(count_bits, tail, head, says):
+    with pytest.raises(ValueError, match=says):
+        printk._lockless(drgn.Program(), _ring(count_bits, tail, head))
+
+
 # -- B5, B6, B7: debug info and symbols from a corrupt dump ----------------------------
 def _bundle(tmp_path: Path, k, stem: str):
     return synthdump.write_bundle(k, tmp_path, stem)
