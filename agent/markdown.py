@@ -65,8 +65,9 @@ def render(doc: dict[str, Any]) -> str:
 
 def _crash(c: dict[str, Any]) -> list[str]:
     out = ["## Crash forensics", "", c["verdict"], ""]
+    unread = [f"- could not be read: {n}" for n in c["notes"]] + ([""] if c["notes"] else [])
     if not c["crashed"]:
-        return out
+        return out + unread
     facts = [["crashed CPU", c["panic_cpu"]], ["task", c["task"]],
              ["panic", c["panic_message"]], ["fault address", c["fault_address"] and
                                             f"`{c['fault_address']}`"],
@@ -82,7 +83,7 @@ def _crash(c: dict[str, Any]) -> list[str]:
                    for x in c["cpus"]])
     if c["log_excerpt"]:
         out += ["```"] + c["log_excerpt"] + ["```", ""]
-    return out
+    return out + unread
 
 
 def _debug_info(d: dict) -> str:

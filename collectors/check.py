@@ -15,7 +15,7 @@ from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, WalkError, Walker, extents
-from .ranges import STATE, Expectation, Range, human_size
+from .ranges import STATE, Expectation, Range, human_size, va_span_problem
 
 OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
 SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
@@ -66,11 +66,19 @@ class Checker:
 
     def check_one(self, rng: Range, exp: Expectation) -> Finding:
         space = self.spaces[exp.mm]
-        if not space.has_table:
-            return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
-                           missing_bytes=rng.size)
         if exp.unmet and exp.rule == STATE:    # a source could not read its kernel state
             return Finding(rng, exp, "unreadable", WARNING, exp.unmet)
+        if not space.has_table:
+            if space.unreadable:               # the root itself: the kernel state is corrupt
+                return Finding(rng, exp, "unreadable", WARNING, space.reason,
+                               missing_bytes=rng.size)
+            return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
+                           missing_bytes=rng.size)
+        bad = va_span_problem(exp.va, rng.size, self.facts.levels)
+        if bad:          # e.g. a direct-map VA from a garbage page_offset_base: no walk can say
+            return Finding(rng, exp, "unreadable", WARNING if exp.required else INFO,
+                           f"its {exp.rule} VA 0x{exp.va:x} + {human_size(rng.size)} {bad}: "
+                           "not checked", missing_bytes=rng.size)
         if exp.unmet:                 # nothing in the tables can satisfy it: say why
             return Finding(rng, exp, "missing", CRITICAL if exp.required else INFO,
                            f"not mapped in {exp.mm} at the {exp.rule} VA: {exp.unmet}",

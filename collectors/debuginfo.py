@@ -237,10 +237,10 @@ def _check_roots(prog: drgn.Program, vmci: dict[str, str], path: str) -> None:
     except KeyError:
         raise TargetError(DEBUGINFO, "no init_mm symbol (kernel without CONFIG_KALLSYMS_ALL?): "
                           "pass --vmlinux PATH") from None
-    except LookupError:
-        raise TargetError(DEBUGINFO, f"{path}: BTF has no struct mm_struct") from None
+    except (LookupError, AttributeError, TypeError):   # a BTF without mm_struct.pgd
+        raise TargetError(DEBUGINFO, f"{path}: BTF has no struct mm_struct with a pgd") from None
     except drgn.FaultError as e:
-        raise TargetError(DATA, f"init_mm is not readable: {e}") from None
+        raise TargetError(DATA, f"init_mm is not readable: {one_line(e, 200)}") from None
     if want is not None and got != want:
         raise TargetError(DEBUGINFO, f"{path} and the symbols do not match this kernel: init_mm.pgd "
                           f"reads 0x{got:x}, swapper_pg_dir is 0x{want:x}")

@@ -29,6 +29,8 @@ TYPE_NAMES = ("Reserved", "LoaderCode", "LoaderData", "BootServicesCode", "BootS
               "ACPIReclaim", "ACPINVS", "MMIO", "MMIOPortSpace", "PALCode", "Persistent")
 RUNTIME_CODE = 5
 _DESC = struct.Struct("<IIQQQQ")   # efi_memory_desc_t: type, pad, phys, virt, num_pages, attr
+MAX_DESC = 4096                    # bytes per descriptor: a page
+MAX_DESCS = 65536
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,34 @@ def _memmap_object(prog: drgn.Program) -> Optional[drgn.Object]:
     return lookup(prog, "memmap")
 
 
+def _header_problem(n: int, dsize: int) -> str:
+    """Why ``nr_map`` / ``desc_size`` are no EFI memory map's ("" when they can be): the
+    firmware's descriptor size is at least ``efi_memory_desc_t`` and at most ``MAX_DESC``
+    (UEFI pads it for 8-byte alignment and growth; real firmware says 48), and a map of
+    more than ``MAX_DESCS`` descriptors is no firmware's."""
+    if not _DESC.size <= dsize <= MAX_DESC:
+        return f"desc_size {dsize:#x} is no descriptor size ({_DESC.size}..{MAX_DESC})"
+    if not 0 < n <= MAX_DESCS:
+        return f"nr_map {n:#x} is no descriptor count (1..{MAX_DESCS})"
+    return ""
+
+
 def read_memmap(prog: drgn.Program) -> list[Descriptor]:
     """All descriptors of the kernel's EFI memory map (empty when there is none).
 
     The map is read through its kernel mapping (``memremap``'d late, v4.9+) and, when that
-    mapping is gone (early-boot map of v4.6-4.8), through its physical address.
+    mapping is gone (early-boot map of v4.6-4.8), through its physical address.  A header
+    no firmware could have written is a ``ValueError`` naming the value (the engine's note).
     """
     mm = _memmap_object(prog)
     if mm is None:
         return []
     n, dsize = int(mm.nr_map), int(mm.desc_size)
-    if n <= 0 or dsize < _DESC.size or n > 65536:
+    if n == 0:
         return []
+    bad = _header_problem(n, dsize)
+    if bad:
+        raise ValueError(f"efi.memmap {bad}")
     try:
         raw = prog.read(mm.map.value_(), n * dsize)
     except drgn.FaultError:

@@ -14,13 +14,12 @@ from typing import Callable, Optional
 
 import drgn
 
-from . import efi, userranges, uv
+from . import efi, faults, userranges, uv
 from .check import SEVERITY_ORDER, Checker, Finding, worst
-from .errors import one_line
 from .kernel import KernelFacts, make_walker, read_facts
 from .mm import EFI_MM, INIT_MM, AddressSpace, address_spaces
 from .pagetable import WalkError
-from .ranges import STATE, Expectation, Range
+from .ranges import Range, state_range
 from .target import Target
 
 
@@ -34,6 +33,7 @@ class Context:
     efi_descs: list[efi.Descriptor]
     notes: list[str] = field(default_factory=list)
     summaries: dict[str, dict] = field(default_factory=dict)   # per source, for reports
+    memmap_fault: str = ""          # why efi.memmap could not be read ("" when it could)
 
 
 RangeSource = Callable[[Context], list[Range]]
@@ -76,7 +76,11 @@ class CheckResult:
 
 
 def efi_source(ctx: Context) -> list[Range]:
-    """EFI runtime regions from ``efi.memmap`` (garbage descriptors reported, not checked)."""
+    """EFI runtime regions from ``efi.memmap`` (garbage descriptors reported, not checked;
+    an unreadable map is one "unreadable" finding)."""
+    if ctx.memmap_fault:
+        return [state_range("efi-memmap-state", "efi-memmap",
+                            f"efi-memmap state unreadable: {ctx.memmap_fault}")]
     for d in ctx.efi_descs:
         bad = d.problem(ctx.facts.levels)
         if bad:
@@ -112,27 +116,23 @@ def file_source(path: Path) -> RangeSource:
     return source
 
 
-# What a source may hit in kernel data it cannot read or trust: a page missing from the dump,
-# an address not mapped, a value no kernel could hold.  (A bug in mmrwatch is none of these.)
-SOURCE_FAULTS = (drgn.FaultError, ValueError, OverflowError)
-
-
 def _collect(src: RangeSource, ctx: Context) -> list[Range]:
-    """One source's ranges; when it cannot read its state, a note and a finding saying so
-    (every other source and range is still checked)."""
+    """One source's ranges; when it cannot read its state (``faults.is_kernel_fault``), a
+    note, an "unreadable" summary and a state range saying so: every other source and
+    range is still checked.  The user's ranges file keeps its own error and exit code."""
     label = getattr(src, "label", getattr(src, "__name__", "source"))
     try:
         return src(ctx)
-    except SOURCE_FAULTS as e:
-        if isinstance(e, userranges.RangesError):
-            raise                          # the user's file: its own error and exit code
-        why = one_line(str(e).splitlines()[0] if str(e) else type(e).__name__, 200)
+    except userranges.RangesError:
+        raise
+    except Exception as e:                     # noqa: BLE001 - filtered by is_kernel_fault
+        if not faults.is_kernel_fault(e):
+            raise
+        why = faults.why(e)
         ctx.notes.append(f"{label}: cannot read its state from the kernel ({why}): its "
                          "ranges are not checked")
-        exp = Expectation(INIT_MM, STATE, 0, required=False,
-                          why=f"{label} could not be read", unmet=f"{label} state unreadable: {why}")
-        return [Range(f"{label}-state", 0, 0, label, "unreadable", None,
-                      (("error", why),), (exp,))]
+        ctx.summaries[label] = {"state": "unreadable", "reason": why}
+        return [state_range(f"{label}-state", label, f"{label} state unreadable: {why}")]
 
 
 def default_sources(ranges_file: Optional[Path] = None) -> list[RangeSource]:
@@ -148,14 +148,12 @@ def context(target: Target) -> Context:
     prog = target.prog
     facts = read_facts(prog)
     spaces = address_spaces(prog, facts)
-    notes: list[str] = []
-    try:
-        descs = efi.read_memmap(prog)
-    except drgn.FaultError as e:
-        descs = []
-        notes.append(f"efi-memmap: the EFI memory map is not readable ({one_line(e, 200)}): "
-                     "EFI runtime regions are not checked")
-    return Context(prog, facts, spaces, descs, notes)
+    notes = list(facts.notes)
+    descs, bad = faults.catch(lambda: efi.read_memmap(prog))
+    if bad:
+        notes.append(f"efi-memmap: the EFI memory map is not readable ({bad}): EFI runtime "
+                     "regions are not checked")
+    return Context(prog, facts, spaces, descs or [], notes, memmap_fault=bad)
 
 
 def run_check(target: Target, sources: list[RangeSource],

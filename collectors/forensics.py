@@ -5,6 +5,11 @@ callback faulted on an address that only one of the two page tables mapped.  Her
 facts come from the dump itself: ``panic_cpu`` (or x86's ``crashing_cpu``), each CPU's
 ``cpu_tlbstate.loaded_mm`` (the page table it had loaded), the oops in the kernel's log
 buffer, and the faulting address translated in both ``init_mm`` and ``efi_mm``.
+
+A dump of a crashed machine is the least trustworthy input there is: each of those facts is
+read on its own (``faults``), and one that cannot be read (a CPU's runqueue outside the
+dump, a garbage ``nr_cpu_ids``, a type a corrupt BTF lacks) is a line in ``Crash.notes``
+and an "(unreadable)" field, never the end of the report.
 """
 from __future__ import annotations
 
@@ -13,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import drgn
-from drgn.helpers.linux.cpumask import for_each_online_cpu
+from drgn.helpers.linux.cpumask import cpu_online_mask
 from drgn.helpers.linux.percpu import per_cpu
-from drgn.helpers.linux.printk import get_printk_records
 from drgn.helpers.linux.sched import cpu_curr
 
-from . import efi, x86
+from . import efi, faults, printk, x86
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Walker
@@ -27,8 +31,10 @@ from .ranges import Range, human_size
 # v5.1+ "BUG: unable to handle page fault for address: X"; older "... kernel paging request
 # at X" and "... kernel NULL pointer dereference at X".
 _FAULT = re.compile(r"BUG: unable to handle (?:page fault for address: |kernel paging request "
-                    r"at |kernel NULL pointer dereference at )([0-9a-fA-F]+)")
+                    r"at |kernel NULL pointer dereference at )([0-9a-fA-F]{1,16})\b")
 _CPU = re.compile(r"^CPU: (\d+) PID: (\d+) Comm: (\S+)")
+MAX_CPUS = 8192        # NR_CPUS_RANGE_END on x86-64 (MAXSMP): no cpumask is longer
+UNREADABLE = "(unreadable)"
 _KEEP = ("BUG: ", "#PF: ", "Oops: ", "CPU: ", "RIP: ", "Kernel panic", "PGD ", "sysrq: ",
          "Call Trace", "general protection fault")
 
@@ -44,7 +50,7 @@ class CpuState:
     @property
     def shared_kernel_half(self) -> bool:
         """A process's table: its kernel half is init_mm's (copied pgd entries)."""
-        return self.mm not in (INIT_MM, EFI_MM)
+        return self.mm not in (INIT_MM, EFI_MM, UNREADABLE)
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Crash:
     translations: list[Translation] = field(default_factory=list)
     fault_region: Optional[str] = None
     verdict: str = ""
+    notes: list[str] = field(default_factory=list)   # what could not be read, and why
 
 
 def _panic_cpu(prog: drgn.Program) -> Optional[int]:
@@ -102,34 +109,61 @@ def _mm_name(prog: drgn.Program, mm: int, cur: drgn.Object) -> str:
     return f"mm at 0x{mm:x}"
 
 
-def cpu_states(prog: drgn.Program, facts: KernelFacts,
-               crashed_cpu: Optional[int]) -> list[CpuState]:
-    """Each online CPU's loaded page table (``cpu_tlbstate``; ``active_mm`` before v4.10)."""
+def online_cpus(prog: drgn.Program, notes: list[str]) -> list[int]:
+    """The online CPUs, read word by word from ``cpu_online_mask`` up to ``nr_cpu_ids``
+    (drgn's iterator trusts ``nr_cpu_ids``: a garbage one walks gigabytes), never past the
+    mask's own length or ``MAX_CPUS``."""
+    bits = cpu_online_mask(prog).bits
+    words = min(bits.type_.length or 1, MAX_CPUS // 64)
+    nr = lookup(prog, "nr_cpu_ids")
+    limit = int(nr) if nr is not None else 1        # as drgn: no nr_cpu_ids, one CPU
+    if not 0 < limit <= words * 64:
+        notes.append(f"nr_cpu_ids {limit:#x} is no CPU count for a {words * 64}-bit online "
+                     "mask: the whole mask is read")
+        limit = words * 64
+    ws = [int(bits[i]) for i in range((limit + 63) // 64)]
+    return [c for c in range(limit) if ws[c // 64] >> (c % 64) & 1]
+
+
+def _cpu_state(prog: drgn.Program, facts: KernelFacts, tlb: Optional[drgn.Object],
+               cpu: int, crashed: bool) -> CpuState:
+    """One CPU: what ran there and the page table it had loaded."""
+    cur = cpu_curr(prog, cpu)
+    mm = per_cpu(tlb, cpu).loaded_mm if tlb is not None else cur.active_mm
+    root = None
+    if mm:
+        mm_t = prog.type("struct mm_struct *")
+        root, _ = faults.catch(lambda: facts.kernel_pa(int(drgn.Object(prog, mm_t, int(mm)).pgd)))
+    return CpuState(cpu, _mm_name(prog, int(mm), cur), _task(cur), crashed, root)
+
+
+def cpu_states(prog: drgn.Program, facts: KernelFacts, crashed_cpu: Optional[int],
+               notes: Optional[list[str]] = None) -> list[CpuState]:
+    """Each online CPU's loaded page table (``cpu_tlbstate``; ``active_mm`` before v4.10);
+    a CPU whose state cannot be read is listed as unreadable (one note for all of them)."""
+    notes = notes if notes is not None else []
     tlb = lookup(prog, "cpu_tlbstate")
-    mm_type = prog.type("struct mm_struct *")
-    out = []
-    for cpu in for_each_online_cpu(prog):
-        cur = cpu_curr(prog, cpu)
-        if tlb is not None and has_member(tlb, "loaded_mm"):
-            mm = per_cpu(tlb, cpu).loaded_mm
-        else:
-            mm = cur.active_mm
-        root = None
-        if mm:
-            try:
-                root = facts.kernel_pa(int(drgn.Object(prog, mm_type, int(mm)).pgd))
-            except drgn.FaultError:
-                pass
-        out.append(CpuState(cpu, _mm_name(prog, int(mm), cur), _task(cur), cpu == crashed_cpu,
-                            root))
+    tlb = tlb if tlb is not None and has_member(tlb, "loaded_mm") else None
+    out, bad = [], []
+    for cpu in online_cpus(prog, notes):
+        st, why = faults.catch(lambda: _cpu_state(prog, facts, tlb, cpu, cpu == crashed_cpu))
+        if st is None:
+            bad.append((cpu, why))
+            st = CpuState(cpu, UNREADABLE, UNREADABLE, cpu == crashed_cpu)
+        out.append(st)
+    if bad:
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        notes.append(f"CPU {', '.join(str(c) for c, _ in bad[:8])}{more}: state unreadable "
+                     f"({bad[0][1]})")
     return out
 
 
-def _log(prog: drgn.Program) -> list[str]:
-    try:
-        return [r.text.decode(errors="replace") for r in get_printk_records(prog)]
-    except (LookupError, drgn.FaultError, ValueError):
-        return []
+def _log(prog: drgn.Program, notes: list[str]) -> list[str]:
+    """The kernel log's lines (``printk``: bounded on any buffer); [] when unreadable."""
+    log = faults.attempt("kernel log", lambda: printk.read_log(prog), notes, printk.Log())
+    if log.problem:
+        notes.append(f"kernel log: read up to a corrupt record ({log.problem})")
+    return [r.text for r in log.records]
 
 
 def _last_oops(lines: list[str]) -> tuple[Optional[int], int]:
@@ -145,7 +179,9 @@ def translate(walker: Walker, facts: KernelFacts, name: str, root_pa: Optional[i
               va: int, why_none: str = "") -> Translation:
     if root_pa is None:
         return Translation(name, None, note=f"no page table: {why_none}")
-    hit = walker.translate(root_pa, va)
+    hit, bad = faults.catch(lambda: walker.translate(root_pa, va))
+    if bad:
+        return Translation(name, None, note=f"not translated: {bad}")
     if hit is None:
         return Translation(name, False)
     pa, level, val = hit
@@ -203,10 +239,12 @@ def analyse(prog: drgn.Program, facts: KernelFacts, spaces: dict[str, AddressSpa
     """The crash section of a report (a live kernel has not crashed)."""
     if live:
         return Crash(False, verdict="live kernel: no crash to analyse")
-    pcpu = _panic_cpu(prog)
-    lines = _log(prog)
-    c = Crash(pcpu is not None, pcpu)
-    c.cpus = cpu_states(prog, facts, pcpu)
+    notes: list[str] = []
+    pcpu = faults.attempt("panic_cpu", lambda: _panic_cpu(prog), notes, None)
+    lines = _log(prog, notes)
+    c = Crash(pcpu is not None, pcpu, notes=notes)
+    c.cpus = faults.attempt("online CPUs", lambda: cpu_states(prog, facts, pcpu, notes),
+                            notes, [])
     panic = [ln for ln in lines if ln.startswith("Kernel panic - not syncing")]
     c.panic_message = panic[-1].removeprefix("Kernel panic - not syncing: ") if panic else None
     addr, at = _last_oops(lines)

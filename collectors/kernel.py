@@ -7,18 +7,19 @@ DYNAMIC_PHYSICAL_MASK, ``__pte2cachemode_tbl`` since v4.2.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, TypeVar
 
 import drgn
 
-from . import x86
-from .errors import one_line
+from . import faults, x86
+from .errors import DATA, TargetError, one_line
 from .pagetable import TableReader, Walker
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 EFI_VA_START = 0xFFFFFFFF00000000    # -4 GiB  (pgtable_64_types.h, unchanged since v3.14)
 EFI_VA_END = 0xFFFFFFEF00000000      # -68 GiB
+T = TypeVar("T")
 
 
 def lookup(prog: drgn.Program, name: str) -> Optional[drgn.Object]:
@@ -51,6 +52,7 @@ class KernelFacts:
     cache: x86.CacheModes
     kaslr_offset: int
     vmcoreinfo: dict[str, str]
+    notes: list[str] = field(default_factory=list)   # facts read with a fallback, and why
 
     def image_pa(self, va: int) -> int:
         """PA of a kernel-image address (``__pa_symbol``)."""
@@ -79,11 +81,6 @@ def parse_vmcoreinfo(prog: drgn.Program) -> dict[str, str]:
     return out
 
 
-def _int(prog: drgn.Program, name: str) -> Optional[int]:
-    obj = lookup(prog, name)
-    return None if obj is None else obj.value_()
-
-
 def kernel_release(prog: drgn.Program) -> str:
     """``uname -r`` of the kernel, printable whatever bytes a corrupt dump holds there."""
     return one_line(prog["UTS_RELEASE"].string_().decode(errors="replace"), 80)
@@ -98,26 +95,85 @@ def _number(vmci: dict[str, str], key: str) -> int:
         return 0
 
 
+def _essential(what: str, read: Callable[[], T]) -> T:
+    """A fact no check can do without (paging depth, the direct map's base, the KASLR
+    offset): unreadable, the target is not usable (exit 65 with the cause), never a crash."""
+    value, bad = faults.catch(read)
+    if bad:
+        raise TargetError(DATA, f"kernel state unreadable: {what} ({bad})")
+    return value  # type: ignore[return-value]
+
+
+def _value(prog: drgn.Program, name: str) -> Optional[int]:
+    obj = lookup(prog, name)
+    return None if obj is None else obj.value_()
+
+
+def _page_offset_base(prog: drgn.Program) -> int:
+    """``page_offset_base``, else drgn's own search for the direct map (kernels built
+    without KASLR of memory have no such variable); a read fault goes to that search too."""
+    pob, bad = faults.catch(lambda: _value(prog, "page_offset_base"))
+    if pob is not None:
+        return pob
+    from _drgn import _linux_helper_direct_mapping_offset
+    try:
+        return _linux_helper_direct_mapping_offset(prog)
+    except Exception as e:  # noqa: BLE001 - drgn raises a plain Exception when it finds none
+        raise TargetError(DATA, "kernel state unreadable: page_offset_base "
+                          f"({bad or 'no such variable'}) and the direct map not found "
+                          f"({faults.why(e)})") from None
+
+
+def _cache_modes(prog: drgn.Program, notes: list[str]) -> x86.CacheModes:
+    """The kernel's PTE-bits -> cache-mode table (default PAT layout when it has none or it
+    is unreadable; an entry that is no ``enum page_cache_mode`` is noted once)."""
+    tbl = faults.attempt("__pte2cachemode_tbl (default Linux PAT layout assumed)",
+                         lambda: _table(prog), notes, None)
+    modes = x86.CacheModes(tbl)
+    for i, m in enumerate(modes.table):
+        if modes.name(m) == x86.BROKEN:
+            notes.append(f"__pte2cachemode_tbl[{i}] holds {m}, which is no page_cache_mode "
+                         f"(0-5): mappings through PAT index {i} are reported as cache mode "
+                         f"'{x86.BROKEN}' (the kernel's word for it, cattr_name())")
+    return modes
+
+
+def _table(prog: drgn.Program) -> Optional[list[int]]:
+    tbl = lookup(prog, "__pte2cachemode_tbl")
+    if tbl is None:
+        return None
+    out = [int(x) for x in tbl.read_()]
+    if len(out) != 8:
+        raise ValueError(f"{len(out)} entries, not 8")
+    return out
+
+
 def read_facts(prog: drgn.Program) -> KernelFacts:
-    """Collect the paging facts from memory (variables first, vmcoreinfo second)."""
+    """Collect the paging facts from memory (variables first, vmcoreinfo second).
+
+    Facts with a safe fallback (``phys_base``, ``physical_mask``, ``sme_me_mask``, the
+    cache-mode table) fall back with a note when unreadable; the rest are ``_essential``."""
     from drgn.helpers.linux.boot import kaslr_offset, pgtable_l5_enabled
 
     vmci = parse_vmcoreinfo(prog)
-    levels = 5 if pgtable_l5_enabled(prog) else 4
-    pob = _int(prog, "page_offset_base")
-    if pob is None:
-        from _drgn import _linux_helper_direct_mapping_offset
-        pob = _linux_helper_direct_mapping_offset(prog)
-    phys_base = _int(prog, "phys_base")
+    notes: list[str] = []
+    levels = 5 if _essential("paging depth", lambda: pgtable_l5_enabled(prog)) else 4
+    pob = _page_offset_base(prog)
+    phys_base = faults.attempt("phys_base (VMCOREINFO's taken)",
+                               lambda: _value(prog, "phys_base"), notes, None)
     if phys_base is None:
         phys_base = _number(vmci, "NUMBER(phys_base)")
-    phys_mask = _int(prog, "physical_mask") or (1 << 52) - 1
-    sme = _int(prog, "sme_me_mask") or _number(vmci, "NUMBER(sme_mask)")
-    tbl = lookup(prog, "__pte2cachemode_tbl")
-    cache = x86.CacheModes([int(x) for x in tbl.read_()] if tbl is not None else None)
-    release = kernel_release(prog)
-    return KernelFacts(release, levels, pob, phys_base, phys_mask & ~sme, sme, cache,
-                       kaslr_offset(prog), vmci)
+    phys_mask = faults.attempt("physical_mask (52 bits assumed)",
+                               lambda: _value(prog, "physical_mask"), notes, None) \
+        or (1 << 52) - 1
+    sme = faults.attempt("sme_me_mask (VMCOREINFO's taken)",
+                         lambda: _value(prog, "sme_me_mask"), notes, None) \
+        or _number(vmci, "NUMBER(sme_mask)")
+    cache = _cache_modes(prog, notes)
+    release = _essential("UTS_RELEASE", lambda: kernel_release(prog))
+    kaslr = _essential("the KASLR offset", lambda: kaslr_offset(prog))
+    return KernelFacts(release, levels, pob, phys_base, phys_mask & ~sme, sme, cache, kaslr,
+                       vmci, notes)
 
 
 def make_walker(prog: drgn.Program, facts: KernelFacts,

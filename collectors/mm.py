@@ -17,6 +17,7 @@ from typing import Optional
 
 import drgn
 
+from . import faults
 from .kernel import KernelFacts, lookup
 
 INIT_MM, EFI_MM = "init_mm", "efi_mm"
@@ -37,6 +38,7 @@ class AddressSpace:
     root_va: Optional[int]
     source: str               # the kernel symbol the root came from
     reason: str = ""          # why there is no table (root_pa is None)
+    unreadable: bool = False  # no table because its root could not be read (a warning)
 
     @property
     def old_memmap(self) -> bool:
@@ -113,5 +115,12 @@ def efi_mm(prog: drgn.Program, facts: KernelFacts) -> AddressSpace:
 
 
 def address_spaces(prog: drgn.Program, facts: KernelFacts) -> dict[str, AddressSpace]:
-    """Both address spaces, keyed by name."""
-    return {INIT_MM: init_mm(prog, facts), EFI_MM: efi_mm(prog, facts)}
+    """Both address spaces, keyed by name.  A root that cannot be read (a corrupt symbol, a
+    page not in the dump) ends that space's branch only: it has no table, says why, and
+    every expectation in it is an "unreadable" warning (``check``)."""
+    out = {}
+    for name, read in ((INIT_MM, init_mm), (EFI_MM, efi_mm)):
+        space, bad = faults.catch(lambda: read(prog, facts))
+        out[name] = space or AddressSpace(name, None, None, f"{name}.pgd",
+                                          f"{name} unreadable: {bad}", unreadable=True)
+    return out

@@ -113,6 +113,15 @@ class Range:
         return segment_label(self.name, self.pnode, self.blade)
 
 
+def state_range(name: str, source: str, why: str) -> Range:
+    """Kernel state a source could not read or trust, as a range of its own: no physical
+    range (size 0, kind "unreadable") and one ``STATE`` expectation, which the checker
+    reports as an "unreadable" warning saying ``why`` (the report's one line for it)."""
+    exp = Expectation("init_mm", STATE, 0, required=False, why=f"{source} kernel state",
+                      unmet=why)
+    return Range(name, 0, 0, source, "unreadable", None, (("error", why),), (exp,))
+
+
 def segment_label(name: str, pnode: Optional[int], blade: Optional[int]) -> str:
     """``MMR_HI[pnode 3, blade 1]``, ``MMR_HI[pnode 2]`` (no hub there), ``LOCAL_MMR``."""
     parts = ([f"pnode {pnode}"] if pnode is not None else []) + \

@@ -70,7 +70,10 @@ def load_builtin(prog: drgn.Program, vmcoreinfo: dict[str, str]) -> drgn.SymbolI
              "kallsyms_addresses", "_stext")
     try:
         return _linux_helper_load_builtin_kallsyms(prog, *(syms.get(n, 0) for n in names))
-    except (drgn.FaultError, ValueError, OverflowError, LookupError) as e:
+    except (drgn.FaultError, drgn.BadDataError, drgn.MissingDebugInfoError, ValueError,
+            OverflowError, MemoryError, LookupError) as e:
+        # BadDataError: a garbage table; MissingDebugInfoError: a VMCOREINFO location of
+        # one of the tables that is missing or 0 (drgn's words for "not usable")
         raise SymbolError("data", f"kallsyms in memory unreadable: {one_line(e, 200)}") from None
 
 

@@ -27,11 +27,12 @@ from typing import Optional
 
 import drgn
 
-from . import uvbios, uvlog
+from . import uvbios, uvbounds, uvlog
 from .efi import Descriptor
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
-from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, va_for
+from .ranges import (DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, state_range,
+                     va_for)
 
 NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED = ("not-uv-kernel", "uv-kernel-non-uv-hardware",
                                             "hubless", "hubbed")
@@ -75,6 +76,14 @@ class UVSystem:
     logged: dict[str, uvlog.LoggedMap] = field(default_factory=dict)   # boot "UV: Map" lines
     vmalloc_base: Optional[int] = None  # where the direct-map window ends (KASLR layout)
     notes: list[str] = field(default_factory=list)
+    # kernel state no UV system can have (uvbounds), by what it is: one finding each
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def problem(self, what: str, why: str) -> None:
+        """Record corrupt state once (spans are computed more than once per check)."""
+        if what not in self.problems:
+            self.problems[what] = why
+            self.notes.append(f"UV {what}: {why}: not checked")
 
     @property
     def pnodes(self) -> list[int]:
@@ -110,12 +119,17 @@ def hub_name(revision: int, hub_type: Optional[int]) -> Optional[str]:
     return None
 
 
-def _hub_objects(prog: drgn.Program) -> list[tuple[int, drgn.Object]]:
-    """(node, hub info) pairs from whichever structure this kernel generation has."""
+def _hub_objects(prog: drgn.Program, sysm: UVSystem) -> list[tuple[int, drgn.Object]]:
+    """(node, hub info) pairs from whichever structure this kernel generation has (none,
+    and a problem, when ``nr_node_ids`` is garbage: the list's length is unknown)."""
     lst = lookup(prog, "__uv_hub_info_list")
     if lst is not None and lst.value_():
         nr = lookup(prog, "nr_node_ids")
         n = int(nr) if nr is not None else 1
+        bad = uvbounds.nodes_problem(n)
+        if bad:
+            sysm.problem("hub list", bad)
+            return []
         t = prog.type("struct uv_hub_info_s *")
         out, seen = [], set()
         for node in range(n):
@@ -142,6 +156,30 @@ def _hub_objects(prog: drgn.Program) -> list[tuple[int, drgn.Object]]:
     return []
 
 
+def _read_hubs(prog: drgn.Program, sysm: UVSystem) -> None:
+    """Every hub's mapping parameters; hubs whose pnode no hub of this generation can have
+    are one problem (those hubs not counted); pnode 0xffff is none at all (skipped, as the
+    kernel does)."""
+    bad = []
+    for node, h in _hub_objects(prog, sysm):
+        sysm.has_hub_type = has_member(h, "hub_type")
+        rev = int(h.hub_revision)
+        if sysm.hub is None:
+            sysm.hub = hub_name(rev, int(h.hub_type) if sysm.has_hub_type else None)
+            sysm.revision = rev
+        pnode = int(h.pnode)
+        if pnode == uvbounds.PNODE_NONE:
+            continue
+        why = uvbounds.pnode_problem(pnode, node, sysm.hub)
+        if why:
+            bad.append(why)
+            continue
+        sysm.hubs.append(Hub(node, pnode, int(h.numa_blade_id), rev, h.global_mmr_base.value_(),
+                             int(h.global_mmr_shift) if has_member(h, "global_mmr_shift") else 26))
+    if bad:
+        sysm.problem("hub pnodes", bad[0] + (f" (and {len(bad) - 1} more)" if bad[1:] else ""))
+
+
 def discover(prog: drgn.Program) -> UVSystem:
     """Classify the system and read every hub's mapping parameters."""
     st = lookup(prog, "uv_system_type")
@@ -153,15 +191,7 @@ def discover(prog: drgn.Program) -> UVSystem:
     if st is None or not st.value_():
         return UVSystem(NOT_UV_HW)
     sysm = UVSystem(HUBBED)
-    for node, h in _hub_objects(prog):
-        sysm.has_hub_type = has_member(h, "hub_type")
-        rev = int(h.hub_revision)
-        sysm.hubs.append(Hub(node, int(h.pnode), int(h.numa_blade_id), rev,
-                             h.global_mmr_base.value_(),
-                             int(h.global_mmr_shift) if has_member(h, "global_mmr_shift") else 26))
-        if sysm.hub is None:
-            sysm.hub = hub_name(rev, int(h.hub_type) if sysm.has_hub_type else None)
-            sysm.revision = rev
+    _read_hubs(prog, sysm)
     if sysm.revision is None:
         minrev = lookup(prog, "uv_min_hub_revision_id")
         sysm.revision = int(minrev) if minrev is not None else None
@@ -188,8 +218,10 @@ def discover(prog: drgn.Program) -> UVSystem:
     return sysm
 
 
-def _hub_spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
-    """(start, bytes per pnode, pnodes) of MMR_HI and GRU_HI from hub info and GRU bounds."""
+def _hub_spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
+               ) -> dict[str, tuple[int, int, int]]:
+    """(start, bytes per pnode, pnodes) of MMR_HI and GRU_HI from hub info and GRU bounds;
+    impossible ones (``uvbounds``, the VA check with ``facts``) are problems, not spans."""
     out: dict[str, tuple[int, int, int]] = {}
     if not sysm.hubs:
         return out
@@ -197,23 +229,41 @@ def _hub_spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
     mask, shift = MMR_BASE.get(sysm.hub or "UV2", MMR_BASE["UV2"])
     h0 = sysm.hubs[0]
     if h0.global_mmr_base & mask:
-        out["MMR"] = (h0.global_mmr_base & mask, 1 << (h0.global_mmr_shift or shift), n)
+        shift = h0.global_mmr_shift or shift
+        bad = uvbounds.shift_problem(shift)
+        if bad:
+            sysm.problem("MMR_HI", f"hub info's {bad}")
+        else:
+            out["MMR"] = (h0.global_mmr_base & mask, 1 << shift, n)
     if sysm.gru:
         out["GRU"] = (sysm.gru[0], (sysm.gru[1] - sysm.gru[0]) // n, n)
+    for key, span in list(out.items()):
+        bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
+        if bad:
+            sysm.problem(f"{key}_HI", f"{'hub info' if key == 'MMR' else 'gru_start/end_paddr'}"
+                                      f" give {bad}")
+            del out[key]
     return out
 
 
-def _spans(sysm: UVSystem) -> dict[str, tuple[int, int, int]]:
+def _spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
+           ) -> dict[str, tuple[int, int, int]]:
     """The spans to check.  MMR_HI: what the kernel *addresses*, ``global_mmr_base |
     pnode << global_mmr_shift`` from hub info (the BIOS GAM table on UV4/UV5), else what
     ``map_mmr_high()`` logged it mapped from the overlay register.  GRU_HI: the logged
-    mapping wins over ``gru_start/end_paddr``."""
-    out = _hub_spans(sysm)
+    mapping wins over ``gru_start/end_paddr``.  A logged span no UV system can have is a
+    problem, and the hub info's (if any) is checked instead."""
+    out = _hub_spans(sysm, facts)
     for key in ("MMR", "GRU"):
         m = sysm.logged.get(key)
         if m is not None and (key == "GRU" or key not in out):
             n = m.segments or (out[key][2] if key in out else 1)
-            out[key] = (m.start, m.size // n, n)
+            span = (m.start, m.size // n, n)
+            bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
+            if bad:
+                sysm.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
+            else:
+                out[key] = span
     return out
 
 
@@ -260,7 +310,8 @@ def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
     return out
 
 
-def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozenset[str]]]:
+def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None
+             ) -> list[tuple[str, int, int, Optional[int], frozenset[str]]]:
     """(name, phys, size, pnode, cache) for every range the kernel maps.
 
     ``map_high()`` maps ``max_pnode + 1`` segments, one per pnode from 0, whether or not a
@@ -268,14 +319,19 @@ def segments(sysm: UVSystem) -> list[tuple[str, int, int, Optional[int], frozens
     (``blade_of``)."""
     out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
         (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
-    spans = _spans(sysm)
+    spans = _spans(sysm, facts)
     for key, cache in (("MMR", UC_ONLY), ("GRU", WB_ONLY)):
         if key in spans:
             start, seg, n = spans[key]
             out += [(f"{key}_HI", start + p * seg, seg, p, cache) for p in range(n)]
     for key, m in sorted(sysm.logged.items()):
-        if key.startswith("MMIOH"):
-            out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
+        if not key.startswith("MMIOH"):
+            continue
+        bad = uvbounds.span_problem(f"{key}_HI", m.start, m.size, 1, facts)
+        if bad:
+            sysm.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
+            continue
+        out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
     return out
 
 
@@ -304,8 +360,9 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only)."""
     if sysm.state != HUBBED:
         return []
-    out = []
-    segs = segments(sysm)
+    segs = segments(sysm, facts)
+    out = [state_range(f"uv-{what.replace(' ', '-')}", "uv", f"UV {what}: {why}")
+           for what, why in sysm.problems.items()]
     _window_notes(sysm, facts, segs)
     entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, sysm.notes)
     if entry is not None:

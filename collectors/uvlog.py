@@ -17,7 +17,7 @@ may have been overwritten: then there is simply nothing to add.  Read once per p
 The ring can be large (UV machines often boot with a log buffer of many MiB, and drgn's
 generic reader copies the whole descriptor and info arrays, several times the text), so on
 v5.10+ lockless rings the text ring is scanned for the line's prefix and only the matching
-records' descriptor and info are read; older rings go through drgn's reader.
+records' descriptor and info are read; older logs go through ``printk.read_log`` (bounded).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import drgn
-from drgn.helpers.linux.printk import get_printk_records
 
+from . import faults, printk
 from .kernel import lookup
 
 _MAP = re.compile(r"UV: Map (\w+)_HI 0x([0-9a-fA-F]+) - 0x([0-9a-fA-F]+)"
@@ -70,24 +70,26 @@ def parse(text: str) -> Optional[LoggedMap]:
 
 
 def boot_maps(prog: drgn.Program) -> dict[str, LoggedMap]:
-    """Every high mapping the kernel logged, by id (the last line of an id wins)."""
+    """Every high mapping the kernel logged, by id (the last line of an id wins); none
+    when the log cannot be read (``faults``): there is then nothing to add."""
     cached = prog.cache.get(_CACHE_KEY)
     if cached is not None:
         return cached
+    lines, _ = faults.catch(lambda: _lines(prog))
     out: dict[str, LoggedMap] = {}
-    try:
-        lines = _lockless_lines(prog)
-        if lines is None:
-            lines = [r.text.decode(errors="replace") for r in get_printk_records(prog)
-                     if r.facility == 0]
-    except (drgn.FaultError, LookupError, ValueError, OverflowError, AttributeError):
-        lines = []               # no readable printk ring in this dump: nothing to add
-    for line in lines:
+    for line in lines or []:
         m = parse(line)
         if m is not None:
             out[m.id] = m
     prog.cache[_CACHE_KEY] = out
     return out
+
+
+def _lines(prog: drgn.Program) -> list[str]:
+    lines = _lockless_lines(prog)
+    if lines is None:
+        lines = [r.text for r in printk.read_log(prog).records if r.facility == 0]
+    return lines
 
 
 def _lockless_lines(prog: drgn.Program) -> Optional[list[str]]:
@@ -99,9 +101,15 @@ def _lockless_lines(prog: drgn.Program) -> Optional[list[str]]:
     if prb is None or not prb.type_.type.has_member("text_data_ring"):
         return None
     dr, tr = prb.desc_ring, prb.text_data_ring
-    size = 1 << int(tr.size_bits)
+    bits = int(tr.size_bits)
+    if not 0 < bits <= 31:            # the ring is the log buffer: at most 2 GiB
+        raise ValueError(f"printk text_data_ring.size_bits {bits}")
+    size = 1 << bits
     raw = prog.read(tr.data.value_(), size)
-    mask = (1 << int(dr.count_bits)) - 1
+    count_bits = int(dr.count_bits)
+    if not 0 <= count_bits < 32:
+        raise ValueError(f"printk desc_ring.count_bits {count_bits}")
+    mask = (1 << count_bits) - 1
     desc_t, info_t = prog.type("struct prb_desc"), prog.type("struct printk_info")
     descs, infos = dr.descs.value_(), dr.infos.value_()
     good = {int(prog[n].value_()) for n in ("desc_committed", "desc_finalized")}

@@ -26,6 +26,9 @@ PAGE_SIZE = 4096
 
 # Cache modes: enum page_cache_mode (arch/x86/include/asm/pgtable_types.h).
 CACHE_MODE_NAMES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+# A table entry that is no page_cache_mode (6, 7, garbage): the kernel's own word for it
+# (cattr_name() in arch/x86/mm/pat/memtype.h); reports and the JSON schema use it as is.
+BROKEN = "broken"
 # Linux's IA32_PAT layout since v4.14 (pat_bp_init): WB, WC, UC-, UC, WB, WP, UC-, WT.
 DEFAULT_PTE2CACHEMODE = (0, 1, 2, 3, 0, 5, 2, 4)
 
@@ -77,8 +80,12 @@ class CacheModes:
 
     def mode(self, val: int, level: int) -> str:
         """Name of the cache mode ("WB", "UC", "UC-", ...) that a leaf entry selects."""
-        m = self.table[pat_index(val, level)]
-        return CACHE_MODE_NAMES[m] if 0 <= m < len(CACHE_MODE_NAMES) else f"mode{m}"
+        return self.name(self.table[pat_index(val, level)])
+
+    @staticmethod
+    def name(mode: int) -> str:
+        """An ``enum page_cache_mode`` value's name; ``BROKEN`` for a value that is none."""
+        return CACHE_MODE_NAMES[mode] if 0 <= mode < len(CACHE_MODE_NAMES) else BROKEN
 
 
 def entry_pa(val: int, level: int, phys_mask: int) -> int:

@@ -13,10 +13,6 @@ from tests.bed.boots import UV_KERNELS, BedSession
 from tests.bed.cache import have_host_tools
 
 MMRWATCH = [sys.executable, "-m", "mmrwatch"]
-# tests/fuzz (issue 15 item 11) is run on its own (`python -m tests.fuzz --count N`): its
-# first runs found bug classes still open, whose strict xfails and 10-second limit are not
-# yet stable enough for CI; its slice joins the suite once they are fixed
-collect_ignore = ["fuzz"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -8,7 +8,8 @@ Case ``i`` of a run is kind ``KINDS[i % 3]`` (or the one ``--kind``) with seed
 ``N * 10**7 + i``; every ``--cli-every``-th case of each kind runs through the CLI as a
 subprocess, the rest in process.  Workers (``--jobs``, default 2) send back counts and the
 failures; a worker whose case outlives the in-process alarm by 60 s is killed and that case
-counted as a hang.  Exit status 1 when any case failed.  ``--replay`` reruns one case in
+counted as a hang.  Exit status 1 when any case failed.  Ctrl-C (SIGINT) or SIGTERM stops
+the run and prints the counts of the cases done so far ("interrupted: N cases").  ``--replay`` reruns one case in
 the foreground and prints its corruption, outcome and traceback; with ``--keep DIR`` the
 inputs (vmcore, BTF, System.map, ranges file) stay in DIR with the command that reads them.
 """
@@ -27,7 +28,7 @@ import traceback
 
 from tests.fuzz import harness
 
-HANG = harness.LIMIT + 60          # seconds without progress before a worker is killed
+HANG = harness.LIMIT * harness.WALL_FACTOR + 60   # wall seconds without progress: killed
 CHUNK = 40
 
 
@@ -96,6 +97,7 @@ class Totals:
 def worker(tasks: mp.Queue, results: mp.Queue, beat: str) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         item = tasks.get()
         if item is None:
@@ -137,6 +139,7 @@ def run_all(cases: list, jobs: int, progress: bool = True, log=None) -> Totals:
         spawn(n)
     pending, t0, last = set(chunks), time.monotonic(), 0.0
     spawned = jobs
+    tot.interrupted = False                  # type: ignore[attr-defined]
     try:
         while pending:
             try:
@@ -178,6 +181,12 @@ def run_all(cases: list, jobs: int, progress: bool = True, log=None) -> Totals:
                 print(f"  {tot.done}/{len(cases)} cases, {now - t0:.0f} s, {rate:.0f}/s, "
                       f"{sum(v for k, v in tot.counts.items() if k[0] == '#fail')} failures",
                       file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        # Ctrl-C: report the cases done so far; the workers' chunks in flight are dropped
+        tot.interrupted = True               # type: ignore[attr-defined]
+        tasks.cancel_join_thread()           # the queued chunks must not block the exit
+        for p, _ in procs.values():
+            p.kill()
     finally:
         for _ in procs:
             tasks.put(None)
@@ -194,6 +203,17 @@ def run_all(cases: list, jobs: int, progress: bool = True, log=None) -> Totals:
         harness.cleanup()                       # the heartbeat files' directory
     tot.wall = time.monotonic() - t0            # type: ignore[attr-defined]
     return tot
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end the run with the counts so far (a shell's background job has
+    SIGINT ignored, so both are set here)."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def report(tot: Totals, show: int) -> str:
@@ -284,13 +304,14 @@ def main(argv=None) -> int:
           + (f", every {harness.REAL_EVERY}th dumps seed on a real dump" if harness.REAL_EVERY
              else ""), flush=True)
     log = open(a.failures, "w") if a.failures else None
+    _stop_on_signals()
     try:
         tot = run_all(cases, a.jobs, log=log)
     finally:
         if log is not None:
             log.close()
-    print(f"done: {tot.done} cases in {tot.wall:.0f} s ({tot.done / max(tot.wall, 1e-9):.0f} "
-          f"cases/s)\n")
+    print(f"{'interrupted' if tot.interrupted else 'done'}: {tot.done} cases in "
+          f"{tot.wall:.0f} s ({tot.done / max(tot.wall, 1e-9):.0f} cases/s)\n")
     print(report(tot, a.show))
     return 1 if any(k[0] == "#fail" for k in tot.counts) else 0
 

@@ -9,7 +9,12 @@ Outcome classes, exactly as item 11 names them:
   69 debug info, 77 permission (in process: a ``TargetError`` / ``RangesError``, which the
   CLI maps to those);
 * ``fail``        anything else: a traceback, any other exception in process, exit 70 or
-  an undocumented code, or more than ``LIMIT`` seconds for one case.
+  an undocumented code, or more than ``LIMIT`` seconds of CPU for one case (or ``WALL``
+  seconds of wall time: a case blocked without using CPU).
+
+The limit is on CPU time so that other processes' load (this machine's 2 cores also run
+other workers' QEMU guests) cannot turn a case into a failure: under a load of 6 a case
+takes 3-4x its idle wall time.
 
 Besides the class, *anomalies* are counted (never failures): a documented error whose
 message is not one printable line, a JSON report the shipped schema rejects.
@@ -36,7 +41,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-LIMIT = 10.0                                   # seconds for one case
+LIMIT = 10.0                                   # CPU seconds for one case
+WALL_FACTOR = 6                                # ... and LIMIT x this many seconds of wall time
 REAL_EVERY = 0          # every Nth dumps seed is a real-dump case (gen_real), when one exists
 DOCUMENTED = {64: "usage", 65: "data", 66: "noinput", 69: "debuginfo", 77: "permission"}
 CLASSES = ("result", "walk-error", "documented", "fail")
@@ -134,9 +140,10 @@ def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> O
     from mmrwatch.collectors.errors import TargetError
     from mmrwatch.collectors.userranges import RangesError
     _install_recorder()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, LIMIT)
-    t0 = time.monotonic()
+    old = signal.signal(signal.SIGALRM, _alarm), signal.signal(signal.SIGPROF, _alarm)
+    signal.setitimer(signal.ITIMER_PROF, LIMIT)
+    signal.setitimer(signal.ITIMER_REAL, LIMIT * WALL_FACTOR)
+    t0, c0 = time.monotonic(), time.process_time()
     try:
         rc, walk_errors, anomalies = body()
         out.anomalies += anomalies
@@ -145,7 +152,8 @@ def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> O
         if rc not in (0, 1, 2):
             out.cls, out.detail = "fail", f"exit status {rc} from a result"
     except CaseTimeout:
-        out.cls, out.detail = "fail", f"over {LIMIT:.0f} s"
+        out.cls, out.detail = "fail", (f"over {LIMIT:.0f} s of CPU" if time.process_time() - c0
+                                       >= LIMIT else f"over {LIMIT * WALL_FACTOR:.0f} s wall")
         out.trace = traceback.format_exc()
     except (TargetError, RangesError, UsageError) as e:
         out.cls = "documented"
@@ -163,10 +171,13 @@ def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> O
         out.trace = traceback.format_exc()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGALRM, old[0])
+        signal.signal(signal.SIGPROF, old[1])
     out.seconds = time.monotonic() - t0
-    if out.seconds > LIMIT and out.cls != "fail":
-        out.cls, out.detail = "fail", f"took {out.seconds:.1f} s (> {LIMIT:.0f} s): {out.detail}"
+    cpu = time.process_time() - c0
+    if cpu > LIMIT and out.cls != "fail":
+        out.cls, out.detail = "fail", f"took {cpu:.1f} s of CPU (> {LIMIT:.0f} s): {out.detail}"
     return out
 
 
@@ -236,6 +247,19 @@ def _validate_this_case() -> bool:
 _schema = None
 
 
+SAMPLE = 256                 # ranges of a report validated: the first and the last this many
+
+
+def _sample(doc: dict) -> dict:
+    """``doc`` with at most 2 x ``SAMPLE`` ranges: the schema holds every range to the same
+    rules, and jsonschema needs ~14 s for the 20 MB report of a legitimately huge UV system
+    (11,000 pnodes) that mmrwatch itself writes in 3 s; the validation is the harness's."""
+    ranges = doc.get("ranges")
+    if not isinstance(ranges, list) or len(ranges) <= 2 * SAMPLE:
+        return doc
+    return {**doc, "ranges": ranges[:SAMPLE] + ranges[-SAMPLE:]}
+
+
 def _validate(doc: dict) -> Optional[str]:
     global _schema
     try:
@@ -247,10 +271,17 @@ def _validate(doc: dict) -> Optional[str]:
         _schema = json.loads(resources.files("mmrwatch").joinpath("report.schema.json")
                              .read_text())
     try:
-        jsonschema.validate(doc, _schema)
+        jsonschema.validate(_sample(doc), _schema)
     except jsonschema.ValidationError as e:
         return f"JSON report fails the shipped schema: {e.message[:200]}"
     return None
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (a CLI case's subprocess)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def cli_run(out: Outcome, argvs: list[list[str]]) -> Outcome:
@@ -259,15 +290,15 @@ def cli_run(out: Outcome, argvs: list[list[str]]) -> Outcome:
     walk, classes, details = 0, [], []
     out.command = " ; ".join("mmrwatch " + " ".join(a) for a in argvs)
     for argv in argvs:
-        t1 = time.monotonic()
+        c1 = _children_cpu()
         try:
             res = subprocess.run(MMRWATCH + argv, capture_output=True, text=True,
-                                 timeout=LIMIT, errors="replace")
+                                 timeout=LIMIT * WALL_FACTOR, errors="replace")
         except subprocess.TimeoutExpired:
             classes.append("fail")
-            details.append(f"{argv[0]}: over {LIMIT:.0f} s")
+            details.append(f"{argv[0]}: over {LIMIT * WALL_FACTOR:.0f} s wall")
             continue
-        took = time.monotonic() - t1
+        took = _children_cpu() - c1
         rc, err = res.returncode, res.stderr
         if "Traceback" in err or rc == 70 or (rc not in (0, 1, 2) and rc not in DOCUMENTED):
             classes.append("fail")
@@ -302,7 +333,7 @@ def cli_run(out: Outcome, argvs: list[list[str]]) -> Outcome:
         details.append(f"{argv[0]}: exit {rc}")
         if took > LIMIT:
             classes[-1] = "fail"
-            details[-1] += f" in {took:.1f} s"
+            details[-1] += f" in {took:.1f} s of CPU"
     out.seconds = time.monotonic() - t0
     order = {c: i for i, c in enumerate(CLASSES)}
     worst = max(classes, key=order.__getitem__) if classes else "fail"

@@ -5,8 +5,10 @@
 Each one builds a healthy synthetic kernel (``kernels.base_kernel``), makes the one
 corruption that matters, writes it as a dump the CLI reads (ELF vmcore + BTF + System.map,
 or a 6.0+-style dump with kallsyms and BTF in memory), runs the real CLI on it and prints
-the command, its exit code, the time and the last stderr line.  What a fixed mmrwatch
-must print instead is in each docstring.
+the command, its exit code, the time and the last stderr line.  Each docstring says what
+the bug did when it was found ("Now") and what a fixed mmrwatch prints ("Fixed"); all ten
+are fixed, with their regression tests in tests/unit/test_kernel_state_faults.py (B2c's
+pnode 65535 is the kernel's "no pnode", skipped as uv_system_init_hub() skips it).
 """
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """The kernel's own "UV: Map <id>_HI" boot lines (v6.1 map_high()): parsing, trust, and how
 they override or extend what hub info says.  Expected values come from the kernel's format
 string and the rules, not from mmrwatch's output."""
-from types import SimpleNamespace
-
 import drgn
 import pytest
 
-from mmrwatch.collectors import uv, uvlog
+from mmrwatch.collectors import printk, uv, uvlog
 from mmrwatch.collectors.uvlog import LoggedMap
 
 MMR, GRU, MMIOH = 0x3FFF0000000, 0x7FF00000000, 0x6000000000
@@ -26,18 +24,15 @@ def test_other_lines_are_not_maps(line):
     assert uvlog.parse(line) is None
 
 
-def _rec(text, facility=0):
-    return SimpleNamespace(text=text.encode(), facility=facility)
-
-
 def test_only_kernel_records_count_and_are_read_once(monkeypatch):
     calls = []
 
-    def records(prog):
+    def read_log(prog):
         calls.append(prog)
-        return [_rec("UV: Map MMR_HI 0x3fff0000000 - 0x40000000000 UC (4 segments)"),
-                _rec("UV: Map MMIOH_HI 0x6000000000 - 0x6100000000 UC (4 segments)", facility=1)]
-    monkeypatch.setattr(uvlog, "get_printk_records", records)
+        return printk.Log([
+            printk.Record("UV: Map MMR_HI 0x3fff0000000 - 0x40000000000 UC (4 segments)", 0),
+            printk.Record("UV: Map MMIOH_HI 0x6000000000 - 0x6100000000 UC (4 segments)", 1)])
+    monkeypatch.setattr(printk, "read_log", read_log)
     prog = drgn.Program()
     assert set(uvlog.boot_maps(prog)) == {"MMR"}      # /dev/kmsg (facility 1) cannot forge
     uvlog.boot_maps(prog)
