@@ -28,7 +28,7 @@ import bcrypt
 import psutil
 import pytest
 
-from mmrwatch.agent import httpd
+from mmrwatch.agent import clientlog as httpd
 
 ATTACK = 16.0        # seconds: slowloris clients from the start are cut off at CLIENT_TIMEOUT,
 FLOOD_FROM = 11.0    # then the flood (which would close them first, as the longest idle)
