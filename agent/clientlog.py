@@ -17,7 +17,7 @@ MAX_HEAD = 16 << 10        # bytes of request line + headers
 MAX_HEADERS = 100
 CLIENT_TIMEOUT = 10.0      # seconds for handshake + request head, and again for the answer
 WORKERS = 4                # threads rendering answers
-QUEUE = 64                 # complete requests waiting for a worker
+QUEUE = 256                # complete requests waiting for a worker
 REPEAT_LOG = 300.0         # seconds between two log lines of one kind of client event
 EVENTS = {   # kind -> what the one log line says
     "malformed": "malformed HTTP request (answered 400)",

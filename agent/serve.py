@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Optional
@@ -47,6 +48,12 @@ class Daemon:
                  exit_oserr: int) -> None:
         self.args = args
         self.codes = (exit_usage, exit_config, exit_oserr)
+        self.stop = threading.Event()
+        self.stopping_at: list[float] = []
+        # before anything serves: a SIGTERM from here on is a clean, prompt stop
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
         self.web_cfg = self._web_config()
         self.server: Optional[HTTPServer] = None
         self.events = EventLog()
@@ -154,42 +161,48 @@ class Daemon:
         log.info("reload: re-reading configuration and checking now")
         self.monitor.reload()
 
-    def run(self) -> int:
-        stop = threading.Event()
-        stopping_at: list[float] = []
-
-        def on_stop(signum, _frame) -> None:
-            if stopping_at:
-                return
-            stopping_at.append(time.monotonic())
-            signal.alarm(STOP_HARD)          # last resort; SIGALRM's default action ends us
+    def _on_stop(self, signum, _frame) -> None:
+        if self.stopping_at:
+            return
+        self.stopping_at.append(time.monotonic())
+        signal.alarm(STOP_HARD)              # last resort; SIGALRM's default action ends us
+        if hasattr(self, "monitor"):
             self.monitor.stop()              # a walk ends at its next table read
-            stop.set()
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
+        self.stop.set()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then exit the process (status 0) within seconds."""
+        stop, stopping_at = self.stop, self.stopping_at
         signal.signal(signal.SIGHUP, lambda *_: self._reload())
         systemd.sd_notify("STATUS=opening the kernel and loading debug info")
         worker = threading.Thread(target=self.monitor.loop, name="mmrwatch-check", daemon=True)
         worker.start()
         while not stop.wait(1.0):
             pass
+        self.monitor.stop()                  # (again, for a SIGTERM during startup)
         busy, phase = self.monitor.busy_since, self.monitor.phase
         log.info("stopping%s", f": cancelling the check in progress ({phase} for "
                  f"{stopping_at[0] - busy:.1f} s)" if busy is not None else "")
         systemd.sd_notify("STOPPING=1")
         if self.server is not None:
-            self.server.stop(timeout=0.5)
+            self.server.stop(timeout=0.2)
         worker.join(max(0.0, STOP_WAIT - (time.monotonic() - stopping_at[0])))
         took = time.monotonic() - stopping_at[0]
         if worker.is_alive():     # inside one long drgn call: do not wait for it
             log.warning("stopped after %.2f s without waiting for the check (%s: inside one "
                         "call that cannot be cancelled)", took, phase)
-            logging.shutdown()
-            os._exit(0)
-        log.info("stopped after %.2f s", took)
-        signal.alarm(0)
-        return 0
+        else:
+            log.info("stopped after %.2f s", took)
+        # Nothing is left to save (the textfile is written atomically per check); the
+        # interpreter's teardown (modules, drgn's state) is work a starved daemon (Nice=10,
+        # CPUWeight=20 beside busy services) should not have to do before it may exit.
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
 
 
 def run(args: argparse.Namespace, exit_usage: int, exit_config: int, exit_oserr: int) -> int:
