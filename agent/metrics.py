@@ -13,7 +13,8 @@ import platform
 from typing import Callable, Iterator, Optional
 
 import drgn
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import (GCCollector, CollectorRegistry, PlatformCollector,
+                               ProcessCollector)
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 
@@ -160,15 +161,37 @@ class MmrwatchCollector:
         yield from per_mm.values()
 
 
-def registry(state: State, per_range: str = "mismatch", process: bool = True
-             ) -> CollectorRegistry:
-    """A private registry: our collector, plus ``process_*`` when we serve HTTP ourselves.
+class HTTPEventsCollector:
+    """``mmrwatch_http_client_errors_total{kind}``: bad clients the endpoint turned away
+    (each kind is logged once, then only counted here)."""
 
-    The textfile mode leaves ``process_*`` out: node_exporter exports its own under the
-    same names and would reject the duplicates.
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(f"{NS}_http_client_errors", "HTTP clients turned away, by "
+                                "kind (malformed, too_large, slow, stalled, conn_limit, "
+                                "overload, unauthorized, tls).", labels=["kind"])
+        for kind, n in sorted(self.counts.items()):
+            c.add_metric([kind], n)
+        yield c
+
+
+def registry(state: State, per_range: str = "mismatch", process: bool = True,
+             http_events: Optional[dict[str, int]] = None) -> CollectorRegistry:
+    """A private registry: our collector, plus the exporter's own metrics when we serve
+    HTTP ourselves (``process``: ``process_*``, ``python_*``, and ``http_events`` counts),
+    as node_exporter adds ``process_*``/``go_*`` unless ``--web.disable-exporter-metrics``.
+
+    The textfile mode leaves them out: node_exporter exports its own under the same names
+    and would reject the duplicates.
     """
     reg = CollectorRegistry()
     reg.register(MmrwatchCollector(state, per_range))
     if process:
         ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        if http_events is not None:
+            reg.register(HTTPEventsCollector(http_events))
     return reg

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import psutil
 
 from mmrwatch.collectors import engine
-from mmrwatch.collectors.pagetable import WalkTimeout
+from mmrwatch.collectors.pagetable import Deadline, WalkCancelled, WalkTimeout
 from mmrwatch.collectors.target import Target, TargetError
 from mmrwatch.collectors.userranges import RangesError
 
@@ -64,10 +64,22 @@ class Monitor:
         self._sources: Optional[list[engine.RangeSource]] = None
         self._logged: Optional[tuple] = None
         self._proc = psutil.Process()
+        self.busy_since: Optional[float] = None   # monotonic start of the check running now
+        self.phase = ""                  # what it is doing: "opening the kernel" | "checking"
 
     # -- one check ------------------------------------------------------------------------
     def run_once(self) -> None:
-        """Open the kernel if needed, check it, publish the outcome (never raises)."""
+        """Open the kernel if needed, check it, publish the outcome (never raises).
+
+        ``stop()`` cancels a check in progress at its next table read: nothing is
+        published for it."""
+        self.busy_since = time.monotonic()
+        try:
+            self._run_once()
+        finally:
+            self.busy_since = None
+
+    def _run_once(self) -> None:
         health, snap = self.state
         t_wall, t0, c0 = time.time(), time.monotonic(), time.thread_time()
         new_snap, kind, err = snap, "", ""
@@ -75,11 +87,17 @@ class Monitor:
             if self._sources is None:
                 self._sources = self.sources_fn()
             if self.target is None:
+                self.phase = "opening the kernel"
                 self.target = self.opener()
-            deadline = t0 + self.timeout
+            self.phase = "checking"
+            deadline = Deadline(t0 + self.timeout, self.stop_event)
+            deadline.check()                 # stopped while the kernel was being opened
             res = engine.run_check(self.target, self._sources, deadline=deadline)
             unconfirmed = engine.confirm(res, deadline)
             new_snap = from_result(res, t_wall, unconfirmed)
+        except WalkCancelled:
+            log.debug("check cancelled after %.2f s", time.monotonic() - t0)
+            return
         except TargetError as e:
             kind, err = e.kind, str(e)
         except RangesError as e:
@@ -113,6 +131,8 @@ class Monitor:
         """Check every ``interval`` until stopped, pinging the watchdog while idle."""
         while not self.stop_event.is_set():
             self.run_once()
+            if self.stop_event.is_set():
+                return
             self.ping()
             self._sleep(self.interval)
 

@@ -1,7 +1,8 @@
-"""systemd integration without dependencies: sd_notify, the watchdog, journald logging.
+"""systemd integration without dependencies: sd_notify, the watchdog, socket activation,
+journald logging.
 
 ``sd_notify`` is one datagram to ``$NOTIFY_SOCKET`` (sd_notify(3)); outside systemd it is a
-no-op.  Under journald (``$JOURNAL_STREAM`` names our stderr) log lines carry a ``<N>``
+no-op.  ``listen_fds`` is sd_listen_fds(3): the sockets a ``.socket`` unit passed us.  Under journald (``$JOURNAL_STREAM`` names our stderr) log lines carry a ``<N>``
 syslog priority prefix and no timestamp, so ``journalctl -p warning`` works; elsewhere they
 are logfmt (or JSON) with a timestamp, like the Go exporters' ``--log.format``.
 """
@@ -33,6 +34,49 @@ def sd_notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+SD_LISTEN_FDS_START = 3
+
+
+class SocketActivationError(Exception):
+    """No usable sockets were passed by systemd (one-line reason)."""
+
+
+def listen_fds(unset: bool = True) -> list[socket.socket]:
+    """The listening sockets systemd passed (``LISTEN_FDS``, from fd 3, for ``LISTEN_PID``).
+
+    As sd_listen_fds(3) with ``unset_environment``: the variables are removed so that no
+    child inherits them, and the fds are made close-on-exec.  Each must be a listening
+    stream socket (what ``ListenStream=`` makes)."""
+    pid, n = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    if unset:
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)
+    if not n:
+        raise SocketActivationError("--web.systemd-socket: no sockets passed by systemd "
+                                    "(LISTEN_FDS unset: start the service through "
+                                    "mmrwatch.socket)")
+    if pid != str(os.getpid()):
+        raise SocketActivationError(f"--web.systemd-socket: LISTEN_PID={pid or '(unset)'} is "
+                                    f"not this process ({os.getpid()})")
+    if not n.isdigit() or int(n) < 1:
+        raise SocketActivationError(f"--web.systemd-socket: bad LISTEN_FDS={n!r}")
+    socks = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(n)):
+        try:
+            os.set_inheritable(fd, False)
+            s = socket.socket(fileno=fd)
+        except OSError as e:
+            raise SocketActivationError(f"--web.systemd-socket: fd {fd} is not a socket "
+                                        f"({e.strerror})") from None
+        if s.type != socket.SOCK_STREAM or not s.getsockopt(socket.SOL_SOCKET,
+                                                             socket.SO_ACCEPTCONN):
+            s.detach()
+            raise SocketActivationError(f"--web.systemd-socket: fd {fd} is not a listening "
+                                        "stream socket (use ListenStream= in the .socket unit)")
+        socks.append(s)
+    return socks
 
 
 def watchdog_interval() -> Optional[float]:

@@ -1,29 +1,22 @@
-"""The exporter's HTTP(S) endpoint: landing page, metrics path, TLS, basic auth.
+"""The exporter's HTTP(S) endpoint: listen addresses, landing page, metrics path, basic auth.
 
 prometheus-client's own ``start_http_server(certfile=...)`` wraps the *listening* socket, so
 the TLS handshake runs inside ``accept()`` on the single serving thread: one client that
-connects and says nothing freezes every later scrape.  Here the accept thread only accepts;
-each connection gets its own thread, a socket timeout, and does its handshake there.
+connects and says nothing freezes every later scrape.  Here the server (``httpd``) never
+waits on a client at all; this module binds its sockets and holds the WSGI app.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import html
-import logging
 import socket
-import ssl
-import threading
 from typing import Callable, Iterable, Optional
-from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
 
+from .httpd import BACKLOG, EventLog, HTTPServer
 from .webconfig import WebConfig
-
-log = logging.getLogger("mmrwatch")
-CONN_TIMEOUT = 10.0     # seconds a client may take for its handshake and request
 
 
 class AddressError(ValueError):
@@ -40,33 +33,31 @@ def parse_listen(addr: str) -> tuple[str, int]:
     return (host or "::"), int(port)
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
-        pass
+def bind(addr: str) -> socket.socket:
+    """A listening socket on ``addr`` (port 0: the kernel picks one; see ``display``)."""
+    host, port = parse_listen(addr)
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                   flags=socket.AI_PASSIVE)[0]
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # ":port": v4 too
+        s.bind(sockaddr)
+        s.listen(BACKLOG)
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
-class Server(ThreadingWSGIServer):
-    """Thread per connection; TLS handshakes happen in that thread, never in accept()."""
-
-    config: Callable[[], WebConfig] = staticmethod(WebConfig)
-    request_queue_size = 128
-
-    def get_request(self):
-        sock, addr = self.socket.accept()
-        sock.settimeout(CONN_TIMEOUT)
-        ctx: Optional[ssl.SSLContext] = self.config().ssl_context
-        if ctx is not None:
-            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def finish_request(self, request, client_address) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            request.do_handshake()
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that times out or fails its handshake is not the operator's problem."""
-        log.debug("connection from %s failed", client_address, exc_info=True)
+def display(sockaddr) -> str:
+    """``127.0.0.1:19864`` / ``[::1]:19864`` for a bound socket's address."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 4:
+        return f"[{sockaddr[0]}]:{sockaddr[1]}"
+    if isinstance(sockaddr, tuple):
+        return f"{sockaddr[0]}:{sockaddr[1]}"
+    return str(sockaddr) or "unix socket"
 
 
 def landing_page(path: str) -> bytes:
@@ -77,7 +68,8 @@ def landing_page(path: str) -> bytes:
             f"<p><a href=\"{p}\">Metrics</a></p></body></html>\n").encode()
 
 
-def app(registry: CollectorRegistry, telemetry_path: str, config: Callable[[], WebConfig]):
+def app(registry: CollectorRegistry, telemetry_path: str, config: Callable[[], WebConfig],
+        events: Optional[EventLog] = None):
     """WSGI app: auth first, then the landing page, the metrics, or 404."""
     metrics = make_wsgi_app(registry)
 
@@ -90,7 +82,10 @@ def app(registry: CollectorRegistry, telemetry_path: str, config: Callable[[], W
             start_response(status, [("Content-Type", ctype), *headers, *extra])
             return [body]
 
-        if cfg.users and not _authorized(cfg, environ.get("HTTP_AUTHORIZATION", "")):
+        client = environ.get("REMOTE_ADDR", "")
+        if cfg.users and not _authorized(cfg, environ.get("HTTP_AUTHORIZATION", ""), client):
+            if events is not None:
+                events.note("unauthorized", client)
             return respond("401 Unauthorized", b"Unauthorized\n",
                            headers=[("WWW-Authenticate", 'Basic realm="mmrwatch"')])
         path = environ.get("PATH_INFO") or "/"
@@ -104,28 +99,21 @@ def app(registry: CollectorRegistry, telemetry_path: str, config: Callable[[], W
     return wsgi
 
 
-def _authorized(cfg: WebConfig, header: str) -> bool:
+def _authorized(cfg: WebConfig, header: str, client: str = "") -> bool:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "basic":
         return False
     try:
         user, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return False
-    return bool(sep) and cfg.authorized(user, password)
+    return bool(sep) and cfg.authorized(user, password, client)
 
 
-def serve(listen: str, registry: CollectorRegistry, telemetry_path: str,
-          config: Callable[[], WebConfig]) -> Server:
-    """Bind now (errors surface at startup), serve in a daemon thread."""
-    host, port = parse_listen(listen)
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, sockaddr = infos[0][0], infos[0][4]
-
-    class _Srv(Server):
-        address_family = family
-    _Srv.config = staticmethod(config)      # re-read per connection: SIGHUP swaps it
-    srv = _Srv(sockaddr[:2], _Quiet)
-    srv.set_app(app(registry, telemetry_path, config))
-    threading.Thread(target=srv.serve_forever, name="mmrwatch-http", daemon=True).start()
-    return srv
+def serve(listen, registry: CollectorRegistry, telemetry_path: str,
+          config: Callable[[], WebConfig], events: Optional[EventLog] = None) -> HTTPServer:
+    """Serve on ``listen`` (bound sockets, or one address to bind now) in daemon threads."""
+    socks = [bind(listen)] if isinstance(listen, str) else list(listen)
+    events = events or EventLog()
+    return HTTPServer(socks, app(registry, telemetry_path, config, events), config,
+                      events).start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,35 +31,71 @@ CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTI
                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
 
 
+# bcrypt checks of credentials not seen before, per client address and in all: a flood of
+# wrong passwords costs at most this much CPU (a bcrypt check is tens of ms), and a scraper
+# whose credentials were verified once (cached) is never slowed by it
+CLIENT_BURST, CLIENT_RATE = 10, 2.0        # checks, checks per second
+GLOBAL_BURST, GLOBAL_RATE = 20, 10.0
+CACHE = 1024                               # remembered good (and bad) credentials
+
+
+class _Bucket:
+    __slots__ = ("tokens", "t")
+
+    def __init__(self, burst: float) -> None:
+        self.tokens, self.t = burst, time.monotonic()
+
+    def take(self, burst: float, rate: float, now: float) -> bool:
+        self.tokens = min(burst, self.tokens + (now - self.t) * rate)
+        self.t = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @dataclass
 class WebConfig:
     ssl_context: Optional[ssl.SSLContext] = None
     users: dict[str, bytes] = field(default_factory=dict)   # user -> bcrypt hash
     headers: dict[str, str] = field(default_factory=dict)
     _ok: set = field(default_factory=set)
+    _bad: set = field(default_factory=set)
+    _buckets: dict = field(default_factory=dict)            # client -> _Bucket
+    _all: _Bucket = field(default_factory=lambda: _Bucket(GLOBAL_BURST))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def authorized(self, user: str, password: str) -> bool:
-        """bcrypt check, with successes cached (a bcrypt check costs tens of ms)."""
+    def authorized(self, user: str, password: str, client: str = "") -> bool:
+        """bcrypt check, results cached (a bcrypt check costs tens of ms); checks of new
+        credentials are rate-limited per client and in all (over the limit: refused)."""
         if not self.users:
             return True
         hashed = self.users.get(user)
         if hashed is None:
             return False
         key = hashlib.sha256(b"%s\0%s\0%s" % (user.encode(), password.encode(), hashed)).digest()
+        now = time.monotonic()
         with self._lock:
             if key in self._ok:
                 return True
+            if key in self._bad:
+                return False
+            if len(self._buckets) >= CACHE and client not in self._buckets:
+                self._buckets.clear()
+            bucket = self._buckets.setdefault(client, _Bucket(CLIENT_BURST))
+            if not (bucket.take(CLIENT_BURST, CLIENT_RATE, now)
+                    and self._all.take(GLOBAL_BURST, GLOBAL_RATE, now)):
+                return False
         import bcrypt
         try:
             good = bcrypt.checkpw(password.encode(), hashed)
         except ValueError:
             good = False
-        if good:
-            with self._lock:
-                if len(self._ok) > 1024:
-                    self._ok.clear()
-                self._ok.add(key)
+        with self._lock:
+            seen = self._ok if good else self._bad
+            if len(seen) >= CACHE:
+                seen.clear()
+            seen.add(key)
         return good
 
 

@@ -26,12 +26,12 @@ bounded by the table pages the dump can hold, not by the number of references to
 """
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 from . import linear, x86
+from .deadline import Deadline, DeadlineSpec, WalkCancelled, WalkTimeout, as_deadline  # noqa: F401
 from .x86 import NX, P, PMD, PSE, PTE, PUD, RW, US, ENTRIES
 
 ReadPhys = Callable[[int, int], bytes]
@@ -51,10 +51,6 @@ MAX_SERVED_LEAF = MAX_SERVED * 512     # every entry of each allowed walk of its
 
 class TableFault(Exception):
     """A table page could not be read (outside the dump, or not RAM on a live kernel)."""
-
-
-class WalkTimeout(Exception):
-    """The check ran past its deadline; it is abandoned as a whole, not per branch."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +78,10 @@ class TableReader:
     """
 
     def __init__(self, read_phys: ReadPhys, limit: int = 8192,
-                 deadline: Optional[float] = None) -> None:
+                 deadline: DeadlineSpec = None) -> None:
         self._read = read_phys
-        self.deadline = deadline      # time.monotonic() value; checked once per page read
+        # checked before every page read, and every 64 tables walked (cache hits included)
+        self.deadline: Optional[Deadline] = as_deadline(deadline)
         # OrderedDict: evicting the oldest page is O(1); next(iter(dict)) is not once many
         # slots have been deleted (CPython scans past them).
         self._cache: OrderedDict[int, Optional[memoryview]] = OrderedDict()
@@ -124,8 +121,8 @@ class TableReader:
         return v0
 
     def _fetch(self, pa: int) -> bytes:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise WalkTimeout("check deadline exceeded")
+        if self.deadline is not None:
+            self.deadline.check()
         try:
             raw = self._read(pa, x86.PAGE_SIZE)
         except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...
@@ -221,6 +218,8 @@ class Walker:
         if self._budget < 0:
             self._error(level, base + (i0 << shift), pa, "walk budget exhausted (table cycle?)")
             return
+        if not self._budget & 63 and self.reader.deadline is not None:
+            self.reader.deadline.check()       # walks of cached tables read nothing
         canon = self._canon
         first = level == x86.top_level(self.levels)
         leafy = level in _LEAFY

@@ -5,7 +5,8 @@ systemd-networkd (DHCP), sshd with a generated key, and packs it into an ext4 im
 ``SystemGuest`` boots the cached Debian kernel on a copy-on-write overlay of that image under
 QEMU + OVMF, with a tiny initramfs that loads the disk/network modules and switch_roots
 into ``/sbin/init``; the kernel's vmlinux is shared read-only at ``/mnt/kernel`` so mmrwatch
-inside can read ``/proc/kcore``.  SSH is forwarded to a 127.0.0.1 port.
+inside can read ``/proc/kcore``.  SSH is forwarded to a 127.0.0.1 port.  ``shares`` adds
+host directories, mounted read-only (9p) at the guest paths given once SSH is up.
 """
 from __future__ import annotations
 
@@ -85,8 +86,10 @@ class SystemGuest:
     """Debian 12 with systemd, reachable over SSH on 127.0.0.1:``ssh_port``."""
 
     def __init__(self, kernel: Kernel, workdir: Path, forwards: dict[int, int],
-                 mem_mib: int = 1536) -> None:
+                 mem_mib: int = 1536, shares: Optional[dict[str, tuple[Path, str]]] = None
+                 ) -> None:
         self.kernel, self.dir, self.forwards, self.mem = kernel, workdir, forwards, mem_mib
+        self.shares = shares or {}          # 9p tag -> (host directory, guest mount point)
         self.dir.mkdir(parents=True, exist_ok=True)
         from .boots import free_port
         self.ssh_port = free_port()
@@ -112,6 +115,9 @@ class SystemGuest:
                "-netdev", f"user,id=n0{fwd}", "-device", "virtio-net-pci,netdev=n0",
                "-virtfs", f"local,path={self.kernel.vmlinux.parent},mount_tag=kernel,security_model=none,"
                           "readonly=on",
+               *[a for tag, (path, _) in self.shares.items() for a in (
+                   "-virtfs", f"local,path={path},mount_tag={tag},security_model=none,"
+                              "readonly=on")],
                "-display", "none", "-monitor", "none", "-serial",
                f"file:{self.dir / 'console.log'}", "-no-reboot"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.dir / "qemu.out", "w"),
@@ -126,6 +132,9 @@ class SystemGuest:
                 raise TimeoutError("no SSH after 600 s: " + self.console_tail())
             time.sleep(2)
         log(f"Debian 12 + systemd guest up (SSH) in {time.monotonic() - t0:.0f} s")
+        for tag, (_, mnt) in self.shares.items():
+            self.ssh(f"mkdir -p {mnt} && mount -t 9p -o trans=virtio,version=9p2000.L,ro,"
+                     f"msize=512000 {tag} {mnt}")
         return self
 
     def __exit__(self, *exc) -> None:
