@@ -281,8 +281,7 @@ def _uv_annotation(t, ctx, mm_name: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmrwatch.collectors.errors import TargetError
-    from mmrwatch.collectors.userranges import RangesError
+    from mmrwatch.collectors.errors import RangesError, TargetError
     parser = build_parser()
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
@@ -339,10 +338,7 @@ def _unknown_options_first(parser: argparse.ArgumentParser, argv: list[str]) -> 
 
 def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> int:
     """``check``: every failure to judge, usage errors included, is UNKNOWN (3), on stdout."""
-    from mmrwatch.collectors.errors import TargetError
-    from mmrwatch.collectors.userranges import RangesError
-
-    from .nagios import UNKNOWN, line
+    from mmrwatch.collectors.errors import RangesError, TargetError
     try:
         return cmd_check(parser.parse_args(argv))
     except (UsageError, TargetError, RangesError) as e:
@@ -353,5 +349,6 @@ def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> in
         if debug:
             raise
         msg = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    from .nagios import UNKNOWN, line     # here: `check --help` needs neither it nor drgn
     print(line(UNKNOWN, msg))
     return UNKNOWN

@@ -18,6 +18,15 @@ class TargetError(Exception):
         self.kind = kind
 
 
+class RangesError(ValueError):
+    """A ranges file that cannot be used; the message is one line for the user.  Here, not
+    in userranges.py, so that the CLI can name it without importing drgn (``--help``)."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(one_line(message, 400))
+        self.missing = missing      # the file does not exist (vs. exists but is unusable)
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` as one printable line for a message: every character that is not printable
     (newlines, escapes, NUL, an undecodable byte's surrogate) shown as a Python escape

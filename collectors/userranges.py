@@ -31,7 +31,7 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, MM_ALIASES
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
                      cache_set, va_for, va_span_problem)
-from .errors import one_line
+from .errors import RangesError, one_line
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
@@ -45,14 +45,6 @@ _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 
 def _show(v: Any) -> str:
     """A value from the file, shown briefly (bounded length and depth, whatever it is)."""
     return one_line(_repr.repr(v), 80)
-
-
-class RangesError(ValueError):
-    """A ranges file that cannot be used; the message is one line for the user."""
-
-    def __init__(self, message: str, missing: bool = False) -> None:
-        super().__init__(one_line(message, 400))
-        self.missing = missing      # the file does not exist (vs. exists but is unusable)
 
 
 def parse_size(v: Any) -> int:
