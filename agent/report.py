@@ -112,7 +112,7 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
     out += ["Kernel",
             f"  release        {k.release}",
             f"  build-id       {t.build_id or 'not recorded in the dump'}",
-            f"  target         {t.path} ({t.fmt}{', live' if t.live else ''})",
+            f"  target         {t.path} ({t.fmt}{', live' if t.live and t.fmt != 'live' else ''})",
             f"  debug info     {debug_info_line(t)}",
             f"  paging         {k.levels}-level, direct map at {_hex(k.page_offset_base)}, "
             f"KASLR offset {_hex(k.kaslr_offset)}",
