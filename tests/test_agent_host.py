@@ -18,6 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bed.boots import free_port
+from tests.bed.tls import self_signed_web_config
 
 pytestmark = [pytest.mark.realkernel]
 
@@ -141,12 +142,7 @@ def test_openmetrics_negotiation(bed):
 
 def test_load_100_scrapers_and_idle_tls_clients(bed, tmp_path):
     b = bed.boot("debian-l5")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
-                   check=True, capture_output=True)
-    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: c.pem\n"
-                                      "  key_file: k.pem\n")
+    self_signed_web_config(tmp_path)
     ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
     s = Serve("--vmcore", str(b.elf), "--vmlinux", str(b.kernel.vmlinux), "--interval", "0.2",
               "--web.config.file", str(tmp_path / "web.yml"), scheme="https", ctx=ctx)

@@ -13,7 +13,6 @@ pnode 65535 is the kernel's "no pnode", skipped as uv_system_init_hub() skips it
 from __future__ import annotations
 
 import argparse
-import struct
 import subprocess
 import sys
 import time
@@ -115,14 +114,8 @@ def b5(d: Path):
     returns None (tokens over 64 bytes) and drgn's loader raises BadDataError, which
     symbols.load_builtin does not catch.  Now: exit 70 "internal error: BadDataError: ...".
     Fixed: exit 65 "kallsyms in memory unreadable"."""
-    k = base_kernel(uv=False)
-    core, regions = synthdump.bundle_kallsyms(k)
-    data = bytearray(core)
-    load_off = struct.unpack_from("<Q", data, 64 + 56 + 8)[0]
-    lo, _ = regions["kallsyms_token_table"]
-    data[load_off + lo:load_off + lo + 200] = b"x" * 200
     path = d / "b5.elf"
-    path.write_bytes(data)
+    path.write_bytes(synthdump.garbage_kallsyms(base_kernel(uv=False)))
     return [["report", "--vmcore", str(path)]]
 
 

@@ -233,6 +233,17 @@ def bundle_kallsyms(k: FuzzKernel) -> tuple[bytes, dict[str, tuple[int, int]]]:
     return bytes(elf_bytes(k.ram, k.vmcoreinfo(), k.pob, image=True)), regions
 
 
+def garbage_kallsyms(k: FuzzKernel) -> bytes:
+    """A 6.0+ dump of ``k`` whose kallsyms token table has no NUL for 200 bytes (fuzz bug B5:
+    mmrwatch's decoder gives up, drgn's loader raises BadDataError)."""
+    core, regions = bundle_kallsyms(k)
+    data = bytearray(core)
+    load_off = struct.unpack_from("<Q", data, 64 + 56 + 8)[0]
+    lo, _ = regions["kallsyms_token_table"]
+    data[load_off + lo:load_off + lo + 200] = b"x" * 200
+    return bytes(data)
+
+
 def bundle(k: FuzzKernel) -> tuple[bytes, bytes, bytes]:
     """(vmcore, btf, System.map) bytes of ``k`` (its globals are written into RAM)."""
     import os

@@ -26,9 +26,9 @@ import urllib.request
 
 import bcrypt
 import psutil
-import pytest
 
 from mmrwatch.agent import clientlog as httpd
+from tests.bed.tls import self_signed_web_config
 
 ATTACK = 16.0        # seconds: slowloris clients from the start are cut off at CLIENT_TIMEOUT,
 FLOOD_FROM = 11.0    # then the flood (which would close them first, as the longest idle)
@@ -227,12 +227,7 @@ def test_tls_garbage_and_silent_handshakes(tmp_path):
     """TLS: clients that send no handshake or a broken one; the scraper's TLS scrapes stay
     fast, and the failures make one log line."""
     import ssl
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
-                   check=True, capture_output=True)
-    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: c.pem\n"
-                                      "  key_file: k.pem\n")
+    self_signed_web_config(tmp_path)
     srv = Server(tmp_path, "--web.config.file", str(tmp_path / "web.yml"))
     ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
     url = f"https://127.0.0.1:{srv.port}/metrics"
