@@ -9,8 +9,11 @@
   guest's /proc/kcore, beside CPU burners, within 5 s.
 
 mmrwatch runs from this working tree: the repo and the venv's site-packages are shared
-read-only (9p) and ``/opt/mmrwatch`` is a guest venv that adds them (the unit's ExecStart
-path unchanged).
+read-only (9p); ``/opt/mmrwatch`` is a guest venv that adds the site-packages (drgn,
+prometheus-client, psutil) and holds a copy of the tree's three package folders laid out as
+installed (the unit's ExecStart path unchanged).  A copy, not the editable install's path
+mapping: the unit's own sandbox (``PrivateTmp=``, ``ProtectHome=``) hides a checkout under
+/tmp or /home from the service, as it would hide one on a fleet host.
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ SETUP = f"""set -e
 python3 -m venv --without-pip /opt/mmrwatch
 echo "import site; site.addsitedir('/mnt/hostsite')" \
   > "$(/opt/mmrwatch/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/host.pth"
+sp="$(/opt/mmrwatch/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+mkdir -p "$sp/mmrwatch"
+cp -r {REPO}/pkg/. "$sp/mmrwatch/"
+cp -r {REPO}/agent "$sp/mmrwatch/agent"
+cp -r {REPO}/collectors "$sp/mmrwatch/collectors"
 printf '#!/opt/mmrwatch/bin/python3\\nimport sys\\nfrom mmrwatch.agent.cli import main\\nsys.exit(main())\\n' \
   > /opt/mmrwatch/bin/mmrwatch
 chmod 755 /opt/mmrwatch/bin/mmrwatch
