@@ -59,16 +59,12 @@ def mmrwatch(*args: str, check_rc: int | None = None) -> subprocess.CompletedPro
     return res
 
 
-def report_on_dump(guest, boot, tag: str, also=None, paused: bool = False):
-    """Pause the guest (unless it already is), dump it, resume it, and run ``mmrwatch
-    report --format json`` on the dump; ``also(dump)`` runs before the dump is deleted.
-    Returns (parsed JSON, exit code)."""
-    if not paused:
-        guest.pause()
-    try:
+def report_on_dump(guest, boot, tag: str, also=None):
+    """Pause the guest (a no-op if an injection left it paused), dump it, resume it, run
+    ``mmrwatch report --format json`` on the dump; ``also(dump)`` runs before the dump is
+    deleted.  Returns (parsed JSON, exit code)."""
+    with guest.paused():
         dump = guest.dump(boot.dir / f"{tag}.elf")
-    finally:
-        guest.resume()
     doc, rc = report_both(["--vmcore", str(dump)], boot.kernel.vmlinux)
     if also is not None:
         also(dump)

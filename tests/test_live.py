@@ -38,11 +38,8 @@ def test_live_check_in_guest_agrees_with_dump(bed, uvk):
         live["http"] = _fetch(f"http://127.0.0.1:{NET_PORT}/hello")
         doc, rc = report_live(guest, res)       # DWARF and BTF, compared
         live.update(rc=rc, doc=doc)
-        guest.pause()
-        try:
+        with guest.paused():
             guest.dump(res.dir / "after-live.elf")
-        finally:
-            guest.resume()
 
     b = bed.boot(f"{uvk}-l5", keep=in_guest)
     assert live["rc"] == 0, live["doc"]

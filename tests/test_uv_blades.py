@@ -55,11 +55,11 @@ def numa(bed, uvk):
         U.inject(guest, lambda gm: gm.set_bios_entry(pages["x"] + 0x10))
         for hub, blades in HEALTHY:
             U.inject(guest, lambda gm: U.make_uv(gm, U.Personality(hub, blades)), resume=False)
-            seen[(hub, blades)] = report_on_dump(guest, b, f"{hub}x{blades}", paused=True)
+            seen[(hub, blades)] = report_on_dump(guest, b, f"{hub}x{blades}")
         # a UV5 whose two hubs sit on pnodes 1 and 3: four segments, two of them no blade's
         U.inject(guest, lambda gm: U.make_uv(gm, U.Personality("UV5", 2, pnodes=(1, 3))),
                  resume=False)
-        seen["sparse"] = report_on_dump(guest, b, "UV5-sparse", paused=True)
+        seen["sparse"] = report_on_dump(guest, b, "UV5-sparse")
 
         def faults(gm):
             seen["faults"] = U.many_faults(gm)
@@ -68,7 +68,7 @@ def numa(bed, uvk):
             seen["log_buf"] = (gm.facts.kernel_pa(gm.prog["log_buf"].value_()),
                                int(gm.prog["log_buf_len"]))
         U.inject(guest, faults, resume=False)
-        seen["dump"] = report_on_dump(guest, b, "faults", paused=True)
+        seen["dump"] = report_on_dump(guest, b, "faults")
         seen["live"] = report_live(guest, b)
 
     seen["boot"] = bed.boot(f"{uvk}-numa", keep=scenarios)

@@ -48,7 +48,7 @@ def test_uv_scenarios_on_a_running_kernel(bed, uvk):
                 gm.map_2m(init, pob["v"] + pa, pa, size, fl)
         # dumped in the same pause: any EFI call would re-sync efi_mm and end the window
         U.inject(guest, stale, resume=False)
-        seen["stale"] = _report(guest, b, "stale", paused=True)
+        seen["stale"] = _report(guest, b, "stale")
         # ... and live: nothing in this guest makes EFI runtime calls, so the window stays
         # open; the live check confirms it with a second walk and still calls it a warning
         seen["stale-live"] = report_live(guest, b)
@@ -161,7 +161,7 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed, uvk):
     def scenarios(guest, b):
         def step(tag, fn):
             U.inject(guest, fn, resume=False)
-            seen[tag] = _report(guest, b, tag, paused=True)
+            seen[tag] = _report(guest, b, tag)
 
         step("uv5", lambda gm: U.make_uv(gm, U.Personality("UV5")))
         step("reverse", lambda gm: gm.add_runtime_mmio(*LOCAL))

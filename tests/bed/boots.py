@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .cache import log
-from .kernels import Kernel, bullseye_kernel, debian_kernel, uv_kernel
+from .kernels import UV_TAGS, Kernel, bullseye_kernel, debian_kernel, uv_kernel
 from .qemu import BootSpec, Guest
 from .truth import capture as capture_truth
 
@@ -78,12 +78,12 @@ PLANS: dict[str, BootPlan] = {
 }
 # Every UV plan also runs on the 6.12 UV kernel (issue 14), as "uv612-<same suffix>": the
 # same boot, another generation of uv_system_init_hub() (one hub info per blade, v6.5+)
-UV_KERNELS = {"uv": "6.1", "uv612": "6.12"}
+UV_KERNELS = {tag: series for series, tag in UV_TAGS.items()}     # {"uv": "6.1", ...}
 PLANS.update({f"uv612-{name[3:]}": replace(plan, kernel="uv612")
               for name, plan in list(PLANS.items()) if plan.kernel == "uv"})
-KERNELS: dict[str, Callable[[], Kernel]] = {"debian": debian_kernel, "uv": uv_kernel,
-                                            "uv612": lambda: uv_kernel("6.12"),
-                                            "debian-bullseye": bullseye_kernel}
+KERNELS: dict[str, Callable[[], Kernel]] = {
+    "debian": debian_kernel, "debian-bullseye": bullseye_kernel,
+    **{tag: (lambda s=series: uv_kernel(s)) for tag, series in UV_KERNELS.items()}}
 
 
 @dataclass
@@ -124,11 +124,8 @@ def capture(guest: Guest, plan: BootPlan, out: Path) -> BootResult:
         for mm, text in res.truth.items():
             (out / f"truth-{mm}.txt").write_text(text)
     else:
-        guest.pause()
-        try:
+        with guest.paused():
             dump()
-        finally:
-            guest.resume()
     (out / "facts.json").write_text(json.dumps(res.facts, indent=1))
     return res
 

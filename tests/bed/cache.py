@@ -38,6 +38,17 @@ def locked(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def cached(name: str) -> bool:
+    """Whether artefact ``name`` is finished in the cache (``provide`` would not build)."""
+    return (cache_root() / name / ".done").exists()
+
+
+def scratch(name: str) -> Path:
+    """Where ``provide`` builds ``name`` until it is finished (for progress readers)."""
+    final = cache_root() / name
+    return final.with_name(f".{final.name}.tmp")
+
+
 def provide(name: str, build: Callable[[Path], None]) -> Path:
     """Return the finished artefact directory ``name``, building it first if missing.
 
@@ -50,7 +61,7 @@ def provide(name: str, build: Callable[[Path], None]) -> Path:
     with locked(name):
         if (final / ".done").exists():
             return final
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = scratch(name)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)

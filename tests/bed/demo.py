@@ -39,6 +39,15 @@ def _report(dump: Path, *extra: str) -> int:
     return res.returncode
 
 
+def _live(g: Guest) -> int:
+    """``mmrwatch report --live`` inside the guest, on its own /proc/kcore, shown."""
+    rc, out, err = g.run(f"{sys.executable} -m mmrwatch report --live", timeout=600,
+                         check=False)
+    print(out, end="")
+    print(err, end="", file=sys.stderr)
+    return rc
+
+
 def _ptdump_head(dump: Path, lines: int = 12) -> None:
     pt = subprocess.run([sys.executable, "-m", "mmrwatch", "ptdump", "--vmcore", str(dump),
                          "--mm", "efi"], capture_output=True, text=True)
@@ -52,13 +61,9 @@ def debian_part(work: Path, build: Optional[Build]) -> bool:
     with Guest(k, BootSpec(la57=False, mem_mib=768), work / "debian") as g:
         banner("inside the guest: mmrwatch report --live (the EFI runtime regions the "
                "firmware lists, checked in efi_mm and init_mm)")
-        rc, out, err = g.run(f"{sys.executable} -m mmrwatch report --live", timeout=600,
-                             check=False)
-        print(out, end="")
-        print(err, end="", file=sys.stderr)
-        g.pause()
-        dump = g.dump(work / "debian.elf")
-        g.resume()
+        rc = _live(g)
+        with g.paused():
+            dump = g.dump(work / "debian.elf")
     if build is not None:
         print(build.progress(), file=sys.stderr)
     banner("the same kernel from a crash dump: mmrwatch report --vmcore")
@@ -75,15 +80,11 @@ def uv_part(work: Path) -> bool:
     spec = BootSpec(la57=False, mem_mib=768, append="crashkernel=192M")
     with Guest(k, spec, work / "guest") as g:
         banner("inside the guest: mmrwatch report --live (its own /proc/kcore; QEMU has no UV hub)")
-        rc, out, err = g.run(f"{sys.executable} -m mmrwatch report --live", timeout=600,
-                             check=False)
-        print(out, end="")
-        print(err, end="", file=sys.stderr)
+        rc = _live(g)
         banner("simulating a healthy UV4 machine: hub state written into the running kernel")
         inject(g, lambda gm: make_uv(gm, Personality("UV4")))
-        g.pause()
-        healthy = g.dump(work / "healthy.elf")
-        g.resume()
+        with g.paused():
+            healthy = g.dump(work / "healthy.elf")
         rc_ok = _report(healthy)
         banner("the 2016 failure: firmware lists LOCAL_MMR as EFI runtime MMIO, EFI maps it "
                "1:1, the kernel's direct map lacks it")
@@ -94,9 +95,8 @@ def uv_part(work: Path) -> bool:
             gm.map_2m(gm.root("efi_mm"), 0xFA000000, 0xFA000000, 32 << 20, EFI_UCMINUS)
             gm.add_runtime_mmio(0xFA000000, 32 << 20)
         inject(g, regression)
-        g.pause()
-        broken = g.dump(work / "broken.elf")
-        g.resume()
+        with g.paused():
+            broken = g.dump(work / "broken.elf")
     rc_bad = _report(broken)
     banner("the firmware's table vs the kernel's: mmrwatch ptdump --mm efi (first lines)")
     _ptdump_head(broken)

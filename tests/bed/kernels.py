@@ -131,8 +131,10 @@ def bullseye_kernel() -> Kernel:
     return debian_kernel("bullseye")
 
 
-# UV-enabled kernels: each series from the Debian suite that ships its source
+# UV-enabled kernels: each series from the Debian suite that ships its source, and the
+# name the test bed knows it by (boot plans, `python -m tests.bed.kernels NAME`, cache)
 UV_SERIES = {"6.1": "bookworm", "6.12": "trixie"}
+UV_TAGS = {"6.1": "uv", "6.12": "uv612"}
 
 
 def uv_key(series: str = "6.1") -> str:
@@ -229,6 +231,11 @@ def _verify_config(cfg: Path, extra: Path | None = None) -> None:
         raise RuntimeError(f"Kconfig dropped requested options: {' '.join(missing)}")
 
 
+def uv_cache_name(series: str = "6.1") -> str:
+    """The cache entry of a UV kernel (its source version and fragment in the key)."""
+    return f"kernels/{UV_TAGS[series]}-{uv_key(series)}"
+
+
 def uv_kernel(series: str = "6.1") -> Kernel:
     """A UV-enabled kernel of ``series`` (6.1, 6.12), built once per source version and
     fragment."""
@@ -236,8 +243,7 @@ def uv_kernel(series: str = "6.1") -> Kernel:
         # tests/run's first phase runs beside the UV build; waiting here would serialise it
         raise RuntimeError("this test needs the UV kernel: mark it `uvkernel` (tests/run "
                            "runs those after the background build)")
-    tag = "uv" if series == "6.1" else f"uv{series.replace('.', '')}"
-    d = provide(f"kernels/{tag}-{uv_key(series)}", lambda out: _build_uv(out, series))
+    d = provide(uv_cache_name(series), lambda out: _build_uv(out, series))
     return Kernel("uv", (d / "release").read_text().strip(), d / "bzImage", d / "vmlinux", None,
                   d / "System.map")
 
@@ -279,8 +285,10 @@ if __name__ == "__main__":
         provision_all()
     if which == "side":           # everything but the UV kernel
         provision_side()
-    for name, get in (("debian", debian_kernel), ("uv", uv_kernel),
-                      ("uv612", lambda: uv_kernel("6.12"))):
-        if which == name:
-            k = get()
-            log(f"{name} kernel {k.release}: {k.bzimage.parent}")
+    if which == "debian":
+        k = debian_kernel()
+        log(f"debian kernel {k.release}: {k.bzimage.parent}")
+    for series, tag in UV_TAGS.items():
+        if which == tag:
+            k = uv_kernel(series)
+            log(f"{tag} kernel {k.release}: {k.bzimage.parent}")

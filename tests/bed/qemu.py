@@ -8,6 +8,7 @@ project runs inside the guest exactly as installed on the host), and optionally 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import mmap
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from .cache import cache_root, log
 from .initramfs import build as build_initramfs
@@ -252,6 +253,17 @@ class Guest:
             raise RuntimeError(f"guest command failed rc={rc}: {script[:300]}\nstdout: {so[-2000:]}"
                                f"\nstderr: {se[-2000:]}")
         return rc, so, se
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The guest stopped for the block (no guest instruction runs: what is dumped or
+        written there is one consistent state), running again after it, whatever happens.
+        Stopping a stopped guest is a no-op, so a caller that paused it already may nest."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def pause(self) -> None:
         self.qmp.cmd("stop")

@@ -75,12 +75,9 @@ def _once(guest: Guest, dump: Callable[[], None]) -> tuple[dict[str, str], bool]
             if truth == _read(guest, f"b{n}") or n == SETTLE_READS - 1:
                 break
             (guest.xfer / f"truth-again-{n}").touch()
-        guest.pause()
-        (guest.xfer / f"truth-go-{n}").touch()     # seen when it runs again
-        try:
+        with guest.paused():
+            (guest.xfer / f"truth-go-{n}").touch()     # seen when it runs again
             dump()
-        finally:
-            guest.resume()
         (guest.xfer / "truth-release").touch()
         guest.wait_file(guest.xfer / "truth-after-done", 300)
     finally:

@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .cache import cache_root
-from .kernels import uv_key
+from . import cache
+from .kernels import UV_TAGS, uv_cache_name
 
 CC_LINES = {"6.1": 1972, "6.12": 2107}
-TAGS = {"6.1": "uv", "6.12": "uv612"}
 
 
 def cached(series: str = "6.1") -> bool:
-    return (cache_root() / "kernels" / f"{TAGS[series]}-{uv_key(series)}" / ".done").exists()
+    return cache.cached(uv_cache_name(series))
 
 
 class Build:
@@ -31,14 +30,14 @@ class Build:
 
     def __init__(self, series: str = "6.1") -> None:
         self.series = series
-        self.log = cache_root() / f"{TAGS[series]}-build.log"
-        self.scratch = cache_root() / "kernels" / f".{TAGS[series]}-{uv_key(series)}.tmp"
+        self.log = cache.cache_root() / f"{UV_TAGS[series]}-build.log"
+        self.scratch = cache.scratch(uv_cache_name(series))
         self.t0 = time.monotonic()
         self.first_cc: Optional[float] = None
         self.first_done = 0
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                ["nice", "-n", "10", sys.executable, "-m", "tests.bed.kernels", TAGS[series]],
+                ["nice", "-n", "10", sys.executable, "-m", "tests.bed.kernels", UV_TAGS[series]],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=Path(__file__).resolve().parents[2])
 
