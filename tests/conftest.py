@@ -15,6 +15,17 @@ from tests.bed.cache import have_host_tools
 MMRWATCH = [sys.executable, "-m", "mmrwatch"]
 
 
+def pytest_configure(config):
+    """SIGTERM ends the session as Ctrl-C does: tests/run stops a stream that way, and a
+    test's context managers must still stop its guests (each runs in a session of its own,
+    which a signal to pytest's process group does not reach)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """A test booting a UV-kernel plan needs that kernel even when its module is not marked

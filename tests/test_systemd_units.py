@@ -27,7 +27,7 @@ import pytest
 from tests.bed.kernels import debian_kernel
 from tests.bed.sysguest import SystemGuest
 
-pytestmark = [pytest.mark.realkernel]
+pytestmark = [pytest.mark.realkernel, pytest.mark.sysguest]
 REPO = Path(__file__).resolve().parents[1]
 SITE = Path(sysconfig.get_paths()["purelib"])
 DROPINS = {"textfile": "mmrwatch-textfile.conf", "kallsyms": "mmrwatch-kallsyms.conf",
