@@ -140,12 +140,16 @@ def test_live_problem_not_seen_by_second_walk_is_not_reported():
         k.map(k.init_root, k.pob + r.phys, r.phys, r.size, 1 << 21,
               KERNEL | (UC if r.name != "GRU_HI" else 0))
     k.sync_kernel_half()
-    dropped = engine.confirm(res)
-    assert dropped == 6 and not any(f.problem for f in res.findings)   # 3 ranges x 2 mms
-    assert res.verdict == "ok"
+    first = {r.name: res.findings_of(r) for r in res.ranges}     # grouped before confirm
+    again = engine.confirm(res)
+    assert again.unconfirmed == 6 and not any(f.problem for f in again.findings)  # 3 ranges x 2 mms
+    assert again.verdict == "ok"
+    assert all(not f.problem for r in again.ranges for f in again.findings_of(r))
+    assert res.verdict == "critical" and res.unconfirmed == 0       # the first result as it was
+    assert {r.name: res.findings_of(r) for r in res.ranges} == first
     t_dump = Target(k.program(), "synth", False, "synth", None, None)
     res2 = engine.run_check(t_dump, [engine.uv_source])
-    assert engine.confirm(res2) == 0               # dumps do not change: no second walk
+    assert engine.confirm(res2) is res2 and res2.unconfirmed == 0   # dumps do not change
 
 
 def test_exposition_is_valid_classic_and_openmetrics():

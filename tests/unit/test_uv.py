@@ -251,7 +251,7 @@ def test_segments_are_labelled_by_pnode_and_by_blade_only_where_a_hub_is():
     from mmrwatch.collectors import x86
     facts = KernelFacts("6.1", 4, 0xFFFF888000000000, 0, (1 << 52) - 1, 0, x86.CacheModes(None),
                         0, {})
-    mmr = [r for r in uv.ranges(sysm, facts, []) if r.name == "MMR_HI"]
+    mmr = [r for r in uv.ranges(sysm, facts, [])[0] if r.name == "MMR_HI"]
     assert [(r.pnode, r.blade) for r in mmr] == [(0, None), (1, 0), (2, None), (3, 1)]
     assert [r.label for r in mmr] == ["MMR_HI[pnode 0]", "MMR_HI[pnode 1, blade 0]",
                                       "MMR_HI[pnode 2]", "MMR_HI[pnode 3, blade 1]"]
