@@ -20,7 +20,7 @@ import drgn
 from . import efi, faults, userranges, uv
 from .check import SEVERITY_ORDER, Checker, Finding, worst
 from .kernel import KernelFacts, make_walker, read_facts
-from .mm import EFI_MM, INIT_MM, AddressSpace, address_spaces
+from .mm import EFI_MM, AddressSpace, address_spaces
 from .pagetable import WalkError
 from .ranges import Range, state_range
 from .target import Target
