@@ -54,6 +54,7 @@ class SynthKernel:
         self.efi_root: Optional[int] = None
         self.descs: list[tuple[int, int, int, int, int]] = []
         self.memmap_pa: Optional[int] = None
+        self.desc_size = 48          # the firmware's descriptor stride (UEFI lets it pad)
         self.old_memmap = False      # an EFI old-map (UV1-era) kernel: has the prolog symbol
         self.vmalloc_base: Optional[int] = None     # KASLR'd vmalloc_base, when set
         self.uv_state: Optional[dict] = None
@@ -186,7 +187,9 @@ class SynthKernel:
         if self.descs and self.memmap_pa is None:
             self.memmap_pa = self.alloc()
             for i, d in enumerate(self.descs):
-                struct.pack_into("<IIQQQQ", self.ram, self.memmap_pa + i * 48, d[0], 0, *d[1:])
+                at = self.memmap_pa + i * self.desc_size
+                self.ram[at:at + self.desc_size] = b"\xa5" * self.desc_size    # the padding
+                struct.pack_into("<IIQQQQ", self.ram, at, d[0], 0, *d[1:])
 
     def write_vmcore(self, path: str) -> None:
         """This RAM as an ELF64 core the way the kernel's ``/proc/vmcore`` lays one out: a
@@ -221,9 +224,11 @@ class SynthKernel:
                 "flags": self.efi_flags,
                 "memmap": {"phys_map": self.memmap_pa or 0,
                            "map": (self.pob + self.memmap_pa) if self.memmap_pa else 0,
-                           "map_end": (self.pob + self.memmap_pa + 48 * len(self.descs))
+                           "map_end": (self.pob + self.memmap_pa
+                                       + self.desc_size * len(self.descs))
                            if self.memmap_pa else 0,
-                           "nr_map": len(self.descs), "desc_version": 1, "desc_size": 48,
+                           "nr_map": len(self.descs), "desc_version": 1,
+                           "desc_size": self.desc_size,
                            "flags": 0}}),
         }
         if self.uv_state is not None:
