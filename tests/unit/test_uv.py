@@ -251,3 +251,19 @@ def test_live_uvsystab_reads_as_zeros_so_its_page_is_checked_in_efi_mm(mapped):
     # the same zeros in a dump are what they say: no signature
     res = check(k, UV)
     assert any("no UVST signature" in n for n in res.notes)
+
+
+def test_working_out_ranges_leaves_the_discovery_result_as_discovered():
+    """A span no UV system can have (global_mmr_shift 60) found while working out ranges is
+    a note and a state range returned by ``ranges``, not written into the discovery result
+    (which another check of the same system may reuse)."""
+    from mmrwatch.collectors.kernel import KernelFacts
+    sysm = uv.UVSystem(uv.HUBBED, "UV3", 5, [uv.Hub(0, 0, 0, 5, MMR_HI | 1 << 63, 60)])
+    facts = KernelFacts("6.1", 4, 0xFFFF888000000000, 0, (1 << 52) - 1, 0, x86.CacheModes(None),
+                        0, {})
+    for _ in range(2):                               # the same answer each time
+        out, notes = uv.ranges(sysm, facts, [])
+        assert [r.name for r in out if r.kind == "unreadable"] == ["uv-MMR_HI"]
+        assert [n for n in notes if n.startswith("UV MMR_HI: ")] == [notes[0]]
+        assert "MMR_HI" not in {r.name for r in out}
+    assert sysm.notes == [] and sysm.problems == {}
