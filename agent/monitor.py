@@ -93,8 +93,8 @@ class Monitor:
             deadline = Deadline(t0 + self.timeout, self.stop_event)
             deadline.check()                 # stopped while the kernel was being opened
             res = engine.run_check(self.target, self._sources, deadline=deadline)
-            unconfirmed = engine.confirm(res, deadline)
-            new_snap = from_result(res, t_wall, unconfirmed)
+            res = engine.confirm(res, deadline)
+            new_snap = from_result(res, t_wall, res.unconfirmed)
         except WalkCancelled:
             log.debug("check cancelled after %.2f s", time.monotonic() - t0)
             return

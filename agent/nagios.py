@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     tgt = targetopts.open_target(args)
     try:
         res = engine.run_check(tgt, sources, deadline=deadline)
-        unconfirmed = engine.confirm(res, deadline)
+        res = engine.confirm(res, deadline)
     except WalkTimeout:
         return UNKNOWN, line(UNKNOWN, f"check did not finish within {args.timeout:g} s")
-    snap = from_result(res, t0, unconfirmed)
+    snap = from_result(res, t0, res.unconfirmed)
     code = {CRITICAL: CRIT_, WARNING: WARN_}.get(snap.verdict, OK_)
     text = snap.status_line()
     if code != OK_:

@@ -49,6 +49,23 @@ UC_ONLY = frozenset({"UC"})
 WB_ONLY = frozenset({"WB"})
 
 
+@dataclass
+class Notebook:
+    """Corrupt state (by kind) and notes, in the order found.  Working out spans and ranges
+    after discovery writes into a notebook of its own, seeded with discovery's problems, and
+    ``ranges`` returns its notes: the discovery result stays what was discovered, and one
+    kind of corrupt state is one note and one state range however often it is met (spans
+    are computed more than once per check)."""
+
+    problems: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def problem(self, what: str, why: str) -> None:
+        if what not in self.problems:
+            self.problems[what] = why
+            self.notes.append(f"UV {what}: {why}: not checked")
+
+
 @dataclass(frozen=True)
 class Hub:
     """One hub's ``struct uv_hub_info_s`` fields that decide mappings."""
@@ -80,10 +97,8 @@ class UVSystem:
     problems: dict[str, str] = field(default_factory=dict)
 
     def problem(self, what: str, why: str) -> None:
-        """Record corrupt state once (spans are computed more than once per check)."""
-        if what not in self.problems:
-            self.problems[what] = why
-            self.notes.append(f"UV {what}: {why}: not checked")
+        """Record corrupt state found while discovering (once: see ``Notebook``)."""
+        Notebook(self.problems, self.notes).problem(what, why)
 
     @property
     def pnodes(self) -> list[int]:
@@ -218,10 +233,11 @@ def discover(prog: drgn.Program) -> UVSystem:
     return sysm
 
 
-def _hub_spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
+def _hub_spans(sysm: UVSystem, rec: Notebook, facts: Optional[KernelFacts] = None
                ) -> dict[str, tuple[int, int, int]]:
     """(start, bytes per pnode, pnodes) of MMR_HI and GRU_HI from hub info and GRU bounds;
-    impossible ones (``uvbounds``, the VA check with ``facts``) are problems, not spans."""
+    impossible ones (``uvbounds``, the VA check with ``facts``) are problems for ``rec``,
+    not spans."""
     out: dict[str, tuple[int, int, int]] = {}
     if not sysm.hubs:
         return out
@@ -232,7 +248,7 @@ def _hub_spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
         shift = h0.global_mmr_shift or shift
         bad = uvbounds.shift_problem(shift)
         if bad:
-            sysm.problem("MMR_HI", f"hub info's {bad}")
+            rec.problem("MMR_HI", f"hub info's {bad}")
         else:
             out["MMR"] = (h0.global_mmr_base & mask, 1 << shift, n)
     if sysm.gru:
@@ -240,20 +256,20 @@ def _hub_spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
     for key, span in list(out.items()):
         bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
         if bad:
-            sysm.problem(f"{key}_HI", f"{'hub info' if key == 'MMR' else 'gru_start/end_paddr'}"
-                                      f" give {bad}")
+            rec.problem(f"{key}_HI", f"{'hub info' if key == 'MMR' else 'gru_start/end_paddr'}"
+                                     f" give {bad}")
             del out[key]
     return out
 
 
-def _spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
+def _spans(sysm: UVSystem, book: Notebook, facts: Optional[KernelFacts] = None
            ) -> dict[str, tuple[int, int, int]]:
     """The spans to check.  MMR_HI: what the kernel *addresses*, ``global_mmr_base |
     pnode << global_mmr_shift`` from hub info (the BIOS GAM table on UV4/UV5), else what
     ``map_mmr_high()`` logged it mapped from the overlay register.  GRU_HI: the logged
     mapping wins over ``gru_start/end_paddr``.  A logged span no UV system can have is a
     problem, and the hub info's (if any) is checked instead."""
-    out = _hub_spans(sysm, facts)
+    out = _hub_spans(sysm, book, facts)
     for key in ("MMR", "GRU"):
         m = sysm.logged.get(key)
         if m is not None and (key == "GRU" or key not in out):
@@ -261,7 +277,7 @@ def _spans(sysm: UVSystem, facts: Optional[KernelFacts] = None
             span = (m.start, m.size // n, n)
             bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
             if bad:
-                sysm.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
+                book.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
             else:
                 out[key] = span
     return out
@@ -271,7 +287,7 @@ def _log_disagreements(sysm: UVSystem) -> list[str]:
     """Which source each high span came from, and where hub info and the kernel's boot
     line disagree (the kernel then maps one span and addresses another)."""
     notes = []
-    hub = _hub_spans(sysm)
+    hub = _hub_spans(sysm, Notebook(sysm.problems, sysm.notes))    # still discovering
     m = sysm.logged.get("MMR")
     if "MMR" in hub:
         start, seg, n = hub["MMR"]
@@ -310,16 +326,19 @@ def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
     return out
 
 
-def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None
+def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None,
+             book: Optional[Notebook] = None
              ) -> list[tuple[str, int, int, Optional[int], frozenset[str]]]:
-    """(name, phys, size, pnode, cache) for every range the kernel maps.
+    """(name, phys, size, pnode, cache) for every range the kernel maps; spans no UV system
+    can have are problems in ``book`` instead (a throwaway one when not given).
 
     ``map_high()`` maps ``max_pnode + 1`` segments, one per pnode from 0, whether or not a
     pnode has a hub: a segment is a pnode's; it is a blade's only where that pnode has one
     (``blade_of``)."""
+    book = book if book is not None else Notebook(dict(sysm.problems))
     out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
         (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
-    spans = _spans(sysm, facts)
+    spans = _spans(sysm, book, facts)
     for key, cache in (("MMR", UC_ONLY), ("GRU", WB_ONLY)):
         if key in spans:
             start, seg, n = spans[key]
@@ -329,46 +348,49 @@ def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None
             continue
         bad = uvbounds.span_problem(f"{key}_HI", m.start, m.size, 1, facts)
         if bad:
-            sysm.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
+            book.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
             continue
         out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
     return out
 
 
 def _window_notes(sysm: UVSystem, facts: KernelFacts,
-                  segs: list[tuple[str, int, int, Optional[int], frozenset[str]]]) -> None:
+                  segs: list[tuple[str, int, int, Optional[int], frozenset[str]]]
+                  ) -> list[str]:
     """A UV range whose direct-map address runs past ``vmalloc_base`` was mapped by
     ``init_extra_mapping_*()`` into vmalloc space: KASLR sized the direct-map window from
     RAM + ``CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING``, too small for this machine's MMRs."""
     vb = sysm.vmalloc_base
     if not vb or vb <= facts.page_offset_base:
-        return
+        return []
     blades = sysm.blade_of()
     for name, pa, size, pnode, _ in segs:
         if facts.page_offset_base + pa + size > vb:
             label = segment_label(name, pnode, blades.get(pnode) if pnode is not None else None)
-            sysm.notes.append(
+            return [
                 f"{label} (PA 0x{pa:x}) has its direct-map address beyond the direct-map "
                 f"window (it ends {(pa + size - (vb - facts.page_offset_base)) >> 20} MiB "
                 "into the vmalloc area): the kernel's MMR mapping overlaps vmalloc space; "
-                "CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING is too small for this machine")
-            return
+                "CONFIG_RANDOMIZE_MEMORY_PHYSICAL_PADDING is too small for this machine"]
+    return []
 
 
 def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
-           old_memmap: bool = False) -> list[Range]:
-    """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only)."""
+           old_memmap: bool = False) -> tuple[list[Range], list[str]]:
+    """UV ranges with their expectations in init_mm and efi_mm (hubbed systems only), and
+    the notes working them out added to discovery's (``sysm`` is left as discovered)."""
     if sysm.state != HUBBED:
-        return []
-    segs = segments(sysm, facts)
+        return [], []
+    book = Notebook(dict(sysm.problems))
+    segs = segments(sysm, facts, book)
     out = [state_range(f"uv-{what.replace(' ', '-')}", "uv", f"UV {what}: {why}")
-           for what, why in sysm.problems.items()]
-    _window_notes(sysm, facts, segs)
-    entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, sysm.notes)
+           for what, why in book.problems.items()]
+    book.notes += _window_notes(sysm, facts, segs)
+    entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, book.notes)
     if entry is not None:
         out.append(entry)
     elif sysm.systab_phys is not None:
-        tab = uvbios.systab_range(sysm.systab_phys, descs, sysm.notes)
+        tab = uvbios.systab_range(sysm.systab_phys, descs, book.notes)
         if tab is not None:
             out.append(tab)
     blades = sysm.blade_of()
@@ -390,4 +412,4 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
                                         why="firmware lists it as EFI runtime MMIO"))
         out.append(Range(name, pa, size, "uv", name, blade,
                          (("hub", sysm.hub or "?"),), tuple(exps), pnode))
-    return out
+    return out, book.notes

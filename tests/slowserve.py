@@ -19,6 +19,7 @@ import threading
 import time
 
 from mmrwatch.agent import cli, serve
+from mmrwatch.collectors import engine
 from mmrwatch.collectors.ranges import DIRECT, Expectation, Range
 from mmrwatch.collectors.target import Target
 from tests.synth import SynthKernel
@@ -58,7 +59,7 @@ def main() -> int:
                                                                              "efi_mm"))
     rng = Range("direct-map", 0, len(ram), "config", "RAM", expectations=exps)
     serve.Daemon._open = opener                          # type: ignore[method-assign]
-    serve.Daemon._sources = lambda _self: [lambda ctx: [rng]]   # type: ignore[method-assign]
+    serve.Daemon._sources = lambda _self: [lambda ctx: engine.Collected([rng])]   # type: ignore[method-assign]
     return cli.main(["serve", *sys.argv[2:]])
 
 

@@ -6,23 +6,34 @@ leaves, PAT bits, shared kernel-half tables, or any raw corrupt entry a test wan
 ``program()`` turns it into a drgn Program flagged as a Linux kernel
 (``set_linux_kernel_custom``) whose object finder supplies ``init_mm``, ``efi_mm``, ``efi``,
 ``page_offset_base`` and friends, so the collectors run on it unchanged.
+
+``check`` is the one "synthetic kernel -> check" path the unit tests share, ``uv_kernel``
+the UV machine most UV, agent and report tests start from, and ``report_schema`` the
+shipped JSON Schema every report test validates against.
 """
 from __future__ import annotations
 
+import json
 import struct
+from importlib import resources
+from pathlib import Path
 from typing import Optional
 
 import drgn
 from drgn import Object, Program, TypeMember
 
-from mmrwatch.collectors import x86
+from mmrwatch.collectors import engine, uv, x86
 from mmrwatch.collectors.kernel import START_KERNEL_MAP
+from mmrwatch.collectors.target import Target
 
 POB_L4 = 0xFFFF888000000000
 POB_L5 = 0xFF11000000000000
 KERNEL = x86.P | x86.RW | x86.A | x86.D | x86.NX        # PAGE_KERNEL-ish leaf flags
 TABLE = x86.P | x86.RW | x86.A | x86.D                  # _KERNPG_TABLE
 UC = x86.PCD | x86.PWT
+MMR_HI = 0x3FFF0000000          # a made-up MMR_HI base, 64 MiB aligned
+# hub_type as v5.10+ uv_system_init_hub() leaves it (a UV4A is UV4|UV4A), and the revision
+UV_HUBS = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (4 | 8, 8), "UV5": (16, 9)}
 
 
 class SynthKernel:
@@ -43,6 +54,7 @@ class SynthKernel:
         self.efi_root: Optional[int] = None
         self.descs: list[tuple[int, int, int, int, int]] = []
         self.memmap_pa: Optional[int] = None
+        self.desc_size = 48          # the firmware's descriptor stride (UEFI lets it pad)
         self.old_memmap = False      # an EFI old-map (UV1-era) kernel: has the prolog symbol
         self.vmalloc_base: Optional[int] = None     # KASLR'd vmalloc_base, when set
         self.uv_state: Optional[dict] = None
@@ -175,7 +187,9 @@ class SynthKernel:
         if self.descs and self.memmap_pa is None:
             self.memmap_pa = self.alloc()
             for i, d in enumerate(self.descs):
-                struct.pack_into("<IIQQQQ", self.ram, self.memmap_pa + i * 48, d[0], 0, *d[1:])
+                at = self.memmap_pa + i * self.desc_size
+                self.ram[at:at + self.desc_size] = b"\xa5" * self.desc_size    # the padding
+                struct.pack_into("<IIQQQQ", self.ram, at, d[0], 0, *d[1:])
 
     def write_vmcore(self, path: str) -> None:
         """This RAM as an ELF64 core the way the kernel's ``/proc/vmcore`` lays one out: a
@@ -210,9 +224,11 @@ class SynthKernel:
                 "flags": self.efi_flags,
                 "memmap": {"phys_map": self.memmap_pa or 0,
                            "map": (self.pob + self.memmap_pa) if self.memmap_pa else 0,
-                           "map_end": (self.pob + self.memmap_pa + 48 * len(self.descs))
+                           "map_end": (self.pob + self.memmap_pa
+                                       + self.desc_size * len(self.descs))
                            if self.memmap_pa else 0,
-                           "nr_map": len(self.descs), "desc_version": 1, "desc_size": 48,
+                           "nr_map": len(self.descs), "desc_version": 1,
+                           "desc_size": self.desc_size,
                            "flags": 0}}),
         }
         if self.uv_state is not None:
@@ -302,3 +318,52 @@ class _Types:
             TypeMember(prog.int_type("unsigned int", 4, False), "size", 128)))
         self.efi = prog.struct_type("efi", 64, (
             TypeMember(self.memmap, "memmap", 0), TypeMember(self.ulong, "flags", 448)))
+
+
+def target(k: SynthKernel, live: bool = False, fmt: str = "synth") -> Target:
+    """``k`` as an opened target (``live`` only flags it: the program stays a mock)."""
+    return Target(k.program(), "synth", live, fmt, None, None)
+
+
+def check(k: SynthKernel, sources: Optional[list[engine.RangeSource]] = None,
+          ranges_toml: str = "", tmp: Optional[Path] = None, live: bool = False,
+          fmt: str = "synth") -> engine.CheckResult:
+    """One check of ``k``: with the given sources, else a plain report's (plus
+    ``ranges_toml`` as the user's ranges file, written into ``tmp``)."""
+    if sources is None:
+        path = None
+        if ranges_toml:
+            path = tmp / "ranges.toml"
+            path.write_text(ranges_toml)
+        sources = engine.default_sources(path)
+    return engine.run_check(target(k, live, fmt), sources)
+
+
+def uv_kernel(hub: str, blades: int, v510: bool = True, healthy: bool = True,
+              gru: bool = True) -> SynthKernel:
+    """A UV machine as ``uv_system_init()`` leaves it: one hub of generation ``hub`` per
+    blade (pnodes 0..blades-1), MMR_HI at ``MMR_HI``, a GRU unless ``gru`` is False; with
+    ``healthy`` every UV range is mapped as the kernel maps it, else none is."""
+    k = SynthKernel(ram_mib=32)
+    k.direct_map_ram()
+    hub_type, rev = UV_HUBS[hub]
+    shift = 25 if hub == "UV5" else 26
+    gseg = 1 << (25 if hub == "UV5" else 26 if hub.startswith("UV4") else 28)
+    gbase = 0x7FF00000000
+    k.set_uv(hub_type=hub_type, revision=rev, pnodes=tuple(range(blades)),
+             mmr_base=MMR_HI | (1 << 63), mmr_shift=shift,
+             gru=(gbase, gbase + blades * gseg) if gru else (0, 0), v510=v510)
+    if healthy:
+        sysm = uv.UVSystem(uv.HUBBED, hub, rev,
+                           [uv.Hub(i, i, i, rev, MMR_HI, shift) for i in range(blades)],
+                           (gbase, gbase + blades * gseg) if gru else None, v510)
+        for name, pa, size, blade, cache in uv.segments(sysm):
+            flags = KERNEL | (UC if cache == uv.UC_ONLY else 0)
+            k.map(k.init_root, k.pob + pa, pa, size, 1 << 21, flags)
+    k.new_efi_root()
+    return k
+
+
+def report_schema() -> dict:
+    """The JSON Schema mmrwatch ships for its reports."""
+    return json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())

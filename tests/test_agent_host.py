@@ -4,63 +4,18 @@ Bad inputs must never stop the daemon: it stays up, exports success 0 with the r
 exits (0) only on SIGTERM.  The load test runs 100 concurrent scrapers plus idle TLS
 connections while checks run every second: every scrape must be answered.
 """
-import signal
 import ssl
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.bed.boots import free_port
+from tests.bed.serve import Serve
 from tests.bed.tls import self_signed_web_config
 
 pytestmark = [pytest.mark.realkernel]
-
-
-class Serve:
-    """One ``mmrwatch serve`` subprocess on a loopback port."""
-
-    def __init__(self, *args: str, scheme: str = "http", ctx=None) -> None:
-        self.port = free_port()
-        self.scheme, self.ctx = scheme, ctx
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mmrwatch", "serve", "--web.listen-address",
-             f"127.0.0.1:{self.port}", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-
-    def get(self, path="/metrics", headers=None, timeout=10) -> str:
-        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.port}{path}",
-                                     headers=headers or {})
-        with urllib.request.urlopen(req, timeout=timeout, context=self.ctx) as r:
-            return r.read().decode()
-
-    def metrics(self) -> dict:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(self.get()) for s in f.samples}
-
-    def wait_runs(self, n: int, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            try:
-                m = self.metrics()
-                if m.get(("mmrwatch_collector_runs_total", (("collector", "pgtable"),)), 0) >= n:
-                    return m
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "no check finished in time"
-            time.sleep(0.2)
-
-    def stop(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, err
 
 
 def _v(m, name, **labels):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed.prom import Prometheus, dashboard_queries
-from tests.test_agent_host import Serve
+from tests.bed.serve import Serve
 
 pytestmark = [pytest.mark.realkernel]
 REPO = Path(__file__).resolve().parents[1]

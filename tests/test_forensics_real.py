@@ -16,7 +16,7 @@ import pytest
 from mmrwatch.collectors import efi
 from tests.bed import uvinject as U
 from tests.conftest import report_both
-from tests.unit.test_report_formats import schema
+from tests.synth import report_schema
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.uvkernel]
 
@@ -27,7 +27,7 @@ def _report(dump, vmlinux, fmt="json"):
     assert rc in (0, 1, 2), out
     if fmt != "json":
         return out
-    jsonschema.validate(out, schema())
+    jsonschema.validate(out, report_schema())
     return out
 
 

@@ -190,8 +190,8 @@ def test_more_personalities_and_failures_on_one_running_kernel(bed, uvk):
             gm.printk(f"UV: Map MMIOH_HI 0x{MMIOH:x} - 0x{MMIOH + (256 << 20):x} UC (4 segments)")
             # mmrwatch's targeted scan of the text ring finds what drgn's full reader finds
             from drgn.helpers.linux.printk import get_printk_records
-            from mmrwatch.collectors import uvlog
-            seen["lines"] = (uvlog._lockless_lines(gm.prog),
+            from mmrwatch.collectors import printk
+            seen["lines"] = (printk._scan_text_ring(gm.prog, b"UV: Map "),
                              [r.text.decode() for r in get_printk_records(gm.prog)
                               if r.facility == 0 and r.text.startswith(b"UV: Map ")])
         step("bootlog", boot_log)

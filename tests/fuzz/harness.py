@@ -267,9 +267,8 @@ def _validate(doc: dict) -> Optional[str]:
     except ImportError:
         return None
     if _schema is None:
-        from importlib import resources
-        _schema = json.loads(resources.files("mmrwatch").joinpath("report.schema.json")
-                             .read_text())
+        from tests.synth import report_schema
+        _schema = report_schema()
     try:
         jsonschema.validate(_sample(doc), _schema)
     except jsonschema.ValidationError as e:

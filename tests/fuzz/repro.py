@@ -182,9 +182,9 @@ def _schema_problem(args: list[str]) -> str:
     import json
 
     import jsonschema
-    from importlib import resources
+    from tests.synth import report_schema
     out = subprocess.run(MMRWATCH + args, capture_output=True, text=True).stdout
-    schema = json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())
+    schema = report_schema()
     try:
         jsonschema.validate(json.loads(out), schema)
         return "JSON validates"

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mmrwatch.agent import cliopts, metrics, systemd, textfile
 from mmrwatch.agent.monitor import Monitor
 from mmrwatch.collectors import engine
-from mmrwatch.collectors.target import Target, TargetError
+from mmrwatch.collectors.target import TargetError
 from tests.bed.prom import promtool
-from tests.unit.test_uv import _uv
+from tests.synth import target, uv_kernel
 
 MIB = 1 << 20
 UV4_2 = {("LOCAL_MMR", ""): 32 * MIB, ("MMR_HI", "0"): 64 * MIB, ("MMR_HI", "1"): 64 * MIB,
@@ -30,7 +30,7 @@ UV4_2 = {("LOCAL_MMR", ""): 32 * MIB, ("MMR_HI", "0"): 64 * MIB, ("MMR_HI", "1")
 
 
 def _monitor(k, live=True, **kw) -> Monitor:
-    t = Target(k.program(), "synth", live, "synth", None, None)
+    t = target(k, live=live)
     return Monitor(lambda: t, lambda: [engine.uv_source], kw.pop("interval", 300),
                    kw.pop("timeout", 30), **kw)
 
@@ -48,7 +48,7 @@ def _get(samples, name, **labels):
 
 
 def test_healthy_uv4_exports_zero_mismatch_and_no_range_series_by_default():
-    m = _monitor(_uv("UV4", 2))
+    m = _monitor(uv_kernel("UV4", 2))
     m.run_once()
     h, snap = m.state
     assert h.success and snap.verdict == "ok"
@@ -70,7 +70,7 @@ def test_healthy_uv4_exports_zero_mismatch_and_no_range_series_by_default():
 
 
 def test_unmapped_uv_ranges_are_counted_per_range_and_mm():
-    m = _monitor(_uv("UV4", 2, healthy=False))
+    m = _monitor(uv_kernel("UV4", 2, healthy=False))
     m.run_once()
     s = _samples(metrics.registry(lambda: m.state))
     total = sum(UV4_2.values())
@@ -86,7 +86,7 @@ def test_unmapped_uv_ranges_are_counted_per_range_and_mm():
 
 
 def test_no_virtual_address_in_any_label_or_value():
-    k = _uv("UV4", 2, healthy=False)
+    k = uv_kernel("UV4", 2, healthy=False)
     m = _monitor(k)
     m.run_once()
     text = generate_latest(metrics.registry(lambda: m.state, "all")).decode()
@@ -100,8 +100,8 @@ def test_no_virtual_address_in_any_label_or_value():
 
 
 def test_failures_keep_last_good_data_and_recover():
-    k = _uv("UV4", 1)
-    good = Target(k.program(), "synth", True, "synth", None, None)
+    k = uv_kernel("UV4", 1)
+    good = target(k, live=True)
     outcome = {"n": 0}
 
     def opener():
@@ -132,24 +132,28 @@ def test_failures_keep_last_good_data_and_recover():
 
 def test_live_problem_not_seen_by_second_walk_is_not_reported():
     from tests.synth import KERNEL, UC
-    k = _uv("UV4", 1, healthy=False)
-    t = Target(k.program(), "synth", True, "synth", None, None)
+    k = uv_kernel("UV4", 1, healthy=False)
+    t = target(k, live=True)
     res = engine.run_check(t, [engine.uv_source])
     assert res.verdict == "critical"
     for r in res.ranges:                          # the tables change between the two walks
         k.map(k.init_root, k.pob + r.phys, r.phys, r.size, 1 << 21,
               KERNEL | (UC if r.name != "GRU_HI" else 0))
     k.sync_kernel_half()
-    dropped = engine.confirm(res)
-    assert dropped == 6 and not any(f.problem for f in res.findings)   # 3 ranges x 2 mms
-    assert res.verdict == "ok"
-    t_dump = Target(k.program(), "synth", False, "synth", None, None)
+    first = {r.name: res.findings_of(r) for r in res.ranges}     # grouped before confirm
+    again = engine.confirm(res)
+    assert again.unconfirmed == 6 and not any(f.problem for f in again.findings)  # 3 ranges x 2 mms
+    assert again.verdict == "ok"
+    assert all(not f.problem for r in again.ranges for f in again.findings_of(r))
+    assert res.verdict == "critical" and res.unconfirmed == 0       # the first result as it was
+    assert {r.name: res.findings_of(r) for r in res.ranges} == first
+    t_dump = target(k)
     res2 = engine.run_check(t_dump, [engine.uv_source])
-    assert engine.confirm(res2) == 0               # dumps do not change: no second walk
+    assert engine.confirm(res2) is res2 and res2.unconfirmed == 0   # dumps do not change
 
 
 def test_exposition_is_valid_classic_and_openmetrics():
-    m = _monitor(_uv("UV3", 2, healthy=False))
+    m = _monitor(uv_kernel("UV3", 2, healthy=False))
     m.run_once()
     for per_range in cliopts.PER_RANGE:
         reg = metrics.registry(lambda: m.state, per_range)
@@ -170,7 +174,7 @@ def test_describe_gives_names_without_walking():
 
 
 def test_textfile_is_atomic_world_readable_and_timestamp_free(tmp_path):
-    m = _monitor(_uv("UV4", 1, healthy=False))
+    m = _monitor(uv_kernel("UV4", 1, healthy=False))
     m.run_once()
     path = tmp_path / "mmrwatch.prom"
     old = os.umask(0o077)
@@ -212,7 +216,7 @@ def test_sd_notify_datagrams_and_watchdog_env(tmp_path, monkeypatch):
 
 def test_loop_pings_watchdog_while_idle_and_stops_promptly():
     pings, cycles = [], []
-    m = _monitor(_uv("UV4", 1), interval=3600, ping=lambda: pings.append(time.monotonic()),
+    m = _monitor(uv_kernel("UV4", 1), interval=3600, ping=lambda: pings.append(time.monotonic()),
                  ping_every=0.05, on_cycle=lambda mon: cycles.append(mon.state[0].runs))
     t = threading.Thread(target=m.loop)
     t.start()
@@ -240,8 +244,8 @@ def test_journald_prefix(monkeypatch, tmp_path):
 
 
 def test_reload_rereads_the_ranges_configuration():
-    k = _uv("UV4", 1)
-    t = Target(k.program(), "synth", True, "synth", None, None)
+    k = uv_kernel("UV4", 1)
+    t = target(k, live=True)
     calls = []
 
     def sources():

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mmrwatch.agent.monitor import Monitor
-from mmrwatch.collectors import x86
+from mmrwatch.collectors import engine, x86
 from mmrwatch.collectors.pagetable import (Deadline, TableReader, WalkCancelled, WalkTimeout,
                                            Walker, extents)
 from mmrwatch.collectors.ranges import DIRECT, Expectation, Range
@@ -88,7 +88,7 @@ def test_monitor_stop_cancels_the_check_and_publishes_nothing():
     exps = tuple(Expectation(mm, DIRECT, k.pob, frozenset({"WB"})) for mm in ("init_mm",
                                                                              "efi_mm"))
     rng = Range("ram", 0, len(ram), "config", "RAM", expectations=exps)
-    m = Monitor(lambda: t, lambda: [lambda ctx: [rng]], 300, 600)
+    m = Monitor(lambda: t, lambda: [lambda ctx: engine.Collected([rng])], 300, 600)
     before = m.state
     th = threading.Thread(target=m.run_once)
     th.start()
@@ -98,7 +98,7 @@ def test_monitor_stop_cancels_the_check_and_publishes_nothing():
     th.join(10)
     assert not th.is_alive() and time.monotonic() - t0 < 1.0     # one 50 ms read, not 8+
     assert m.state is before and m.busy_since is None          # no "timeout" published
-    m2 = Monitor(lambda: t, lambda: [lambda ctx: [rng]], 300, 600)
+    m2 = Monitor(lambda: t, lambda: [lambda ctx: engine.Collected([rng])], 300, 600)
     prog.add_memory_segment(0, len(ram), lambda a, n, off, p: bytes(ram[off:off + n]), True)
     m2.run_once()                                   # the same check, not stopped: succeeds
     assert m2.state[0].success and m2.state[0].runs == 1

@@ -3,12 +3,11 @@ ranges that cannot hold end one branch or one range with a recorded reason, prom
 
 import pytest
 
-from mmrwatch.collectors import engine, kernel, pagetable, x86
+from mmrwatch.collectors import kernel, pagetable, x86
 from mmrwatch.collectors.check import CRITICAL, OK
 from mmrwatch.collectors.pagetable import extents
-from mmrwatch.collectors.target import Target
 from mmrwatch.collectors.userranges import RangesError
-from tests.synth import KERNEL, UC, SynthKernel
+from tests.synth import KERNEL, UC, SynthKernel, check
 
 RUNTIME, MMIO = 1 << 63, 11
 
@@ -16,14 +15,6 @@ RUNTIME, MMIO = 1 << 63, 11
 def _walker(k: SynthKernel):
     prog = k.program()
     return kernel.make_walker(prog, kernel.read_facts(prog))
-
-
-def _run(k: SynthKernel, tmp_path, toml: str = ""):
-    sources = engine.default_sources()
-    if toml:
-        (tmp_path / "r.toml").write_text(toml)
-        sources = engine.default_sources(tmp_path / "r.toml")
-    return engine.run_check(Target(k.program(), "synth", False, "synth", None, None), sources)
 
 
 def _dag(k: SynthKernel, va: int, pud_refs: int):
@@ -70,7 +61,7 @@ def test_shared_subtree_in_a_checked_range_is_unreadable_not_ok(tmp_path):
     _dag(k, va, 8)
     k.new_efi_root()
     toml = f'[[range]]\nname = "big"\nstart = {8 << 30:#x}\nsize = "8GiB"\nmms = ["kernel"]\n'
-    res = _run(k, tmp_path, toml)
+    res = check(k, tmp=tmp_path, ranges_toml=toml)
     (f,) = [f for f in res.findings if f.range.name == "big"]
     assert f.status == "unreadable" and f.severity == CRITICAL and "shared subtree" in f.message
 
@@ -109,7 +100,7 @@ def test_garbage_efi_descriptor_is_reported_once_and_skipped(tmp_path, phys, vir
     k.add_efi_desc(MMIO, 0x7F00_0000, 0, 1, RUNTIME)                        # a sane one
     k.add_efi_desc(MMIO, phys, virt, pages, RUNTIME)
     toml = f'[[range]]\nname = "fw"\nstart = {phys:#x}\nsize = 4096\nmms = ["efi"]\nva = "efi_va"\n'
-    res = _run(k, tmp_path, toml if phys < 1 << 47 else "")
+    res = check(k, tmp=tmp_path, ranges_toml=toml if phys < 1 << 47 else "")
     bad = [r for r in res.ranges if dict(r.attrs).get("bad")]
     assert len(bad) == 1 and not bad[0].expectations and why in dict(bad[0].attrs)["bad"]
     assert not [f for f in res.findings if f.range is bad[0]]
@@ -126,13 +117,13 @@ def test_required_efi_va_range_without_descriptor_is_critical(tmp_path):
     k.direct_map_ram()
     k.new_efi_root()
     toml = '[[range]]\nname = "bmc"\nstart = 0xfed40000\nsize = "16KiB"\nmms = ["efi"]\nva = "efi_va"\n'
-    res = _run(k, tmp_path, toml)
+    res = check(k, tmp=tmp_path, ranges_toml=toml)
     (f,) = [f for f in res.findings if f.range.name == "bmc"]
     assert f.severity == CRITICAL and f.status == "missing" and res.verdict == CRITICAL
     assert "no EFI runtime descriptor covers PA 0xfed40000" in f.exp.unmet == f.exp.why
     # ... even when something maps the 1:1 stand-in VA to the right page
     k.map(k.efi_root, 0xFED4_0000, 0xFED4_0000, 16 << 10, 4096, KERNEL | UC)
-    (f,) = [f for f in _run(k, tmp_path, toml).findings if f.range.name == "bmc"]
+    (f,) = [f for f in check(k, tmp=tmp_path, ranges_toml=toml).findings if f.range.name == "bmc"]
     assert f.severity == CRITICAL
 
 
@@ -144,7 +135,7 @@ def test_efi_va_range_with_descriptor_is_checked_at_its_efi_va(tmp_path):
     k.map(k.efi_root, eva, 0xFED4_0000, 16 << 10, 4096, KERNEL | UC)
     k.add_efi_desc(MMIO, 0xFED4_0000, eva, 4, RUNTIME)
     toml = '[[range]]\nname = "bmc"\nstart = 0xfed40000\nsize = "16KiB"\nmms = ["efi"]\nva = "efi_va"\n'
-    (f,) = [f for f in _run(k, tmp_path, toml).findings if f.range.name == "bmc"]
+    (f,) = [f for f in check(k, tmp=tmp_path, ranges_toml=toml).findings if f.range.name == "bmc"]
     assert (f.severity, f.exp.va, f.exp.unmet) == (OK, eva, "")
 
 
@@ -154,4 +145,4 @@ def test_range_past_the_direct_map_is_refused_at_check_time(tmp_path):
     k.direct_map_ram()
     k.new_efi_root()
     with pytest.raises(RangesError, match="passes the top of the address space"):
-        _run(k, tmp_path, '[[range]]\nname = "all"\nstart = 0\nsize = "4096TiB"\n')
+        check(k, tmp=tmp_path, ranges_toml='[[range]]\nname = "all"\nstart = 0\nsize = "4096TiB"\n')

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import time
-from importlib import resources
 from pathlib import Path
 
 import drgn
@@ -22,8 +21,9 @@ from mmrwatch.collectors.errors import TargetError
 from mmrwatch.collectors.target import open_vmcore
 from tests.fuzz import gen_tables, synthdump
 from tests.fuzz.kernels import base_kernel
+from tests.synth import report_schema
 
-SCHEMA = json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())
+SCHEMA = report_schema()
 
 
 def _edit(k, name: str, member, fmt: str, value: int):

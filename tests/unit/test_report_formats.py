@@ -1,25 +1,17 @@
 """JSON reports validate against the shipped JSON Schema; Markdown renders as tables."""
 import json
-from importlib import resources
-
 import jsonschema
 import pytest
 
 from mmrwatch.agent import markdown, report
 from mmrwatch.collectors import engine
 from mmrwatch.collectors.forensics import Crash, CpuState, Translation
-from mmrwatch.collectors.target import Target
-from tests.unit.test_uv import _uv
-
-
-def schema() -> dict:
-    return json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())
+from tests.synth import check, report_schema, uv_kernel
 
 
 def _res(healthy: bool):
-    k = _uv("UV3", 2, healthy=healthy)
-    return engine.run_check(Target(k.program(), "synth", False, "elf", None, None),
-                            [engine.uv_source, engine.efi_source])
+    return check(uv_kernel("UV3", 2, healthy=healthy), [engine.uv_source, engine.efi_source],
+                 fmt="elf")
 
 
 CRASH = Crash(True, 1, "sh[97]", None, 0x7e8a6000,
@@ -36,17 +28,17 @@ CRASH = Crash(True, 1, "sh[97]", None, 0x7e8a6000,
 @pytest.mark.parametrize("crash", [None, CRASH, Crash(False, verdict="no crash recorded")])
 def test_json_report_matches_schema(healthy, crash):
     doc = json.loads(report.as_json(_res(healthy), crash))
-    jsonschema.validate(doc, schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    jsonschema.validate(doc, report_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def test_schema_rejects_what_it_should():
     doc = report.as_dict(_res(True))
     for bad in ({"schema_version": 2}, {"verdict": "fine"}, {"extra": 1}):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate({**doc, **bad}, schema())
+            jsonschema.validate({**doc, **bad}, report_schema())
     doc["ranges"][0]["phys_start"] = 4096           # an address must be a "0x..." string
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(doc, schema())
+        jsonschema.validate(doc, report_schema())
 
 
 def test_markdown_verdict_first_and_tables():

@@ -4,8 +4,8 @@ import drgn
 import pytest
 
 from mmrwatch.collectors import efi, engine, kernel, uv, x86
-from mmrwatch.collectors.target import Target
-from tests.synth import KERNEL, SynthKernel
+
+from tests.synth import KERNEL, SynthKernel, check
 
 MMIO, RUNTIME = 11, 1 << 63
 FLASH, FLASH_VA = 0xFFC00000, 0xFFFFFFFEFFC00000
@@ -22,16 +22,14 @@ def _kernel(**kw):
     return k
 
 
-def _check(k):
-    t = Target(k.program(), "synth", False, "synth", None, None)
-    return engine.run_check(t, [engine.uv_source, engine.efi_source])
+UV_EFI = [engine.uv_source, engine.efi_source]
 
 
 def test_unreadable_uv_state_is_a_note_and_a_finding_and_efi_is_still_checked(monkeypatch):
     def fault(prog):
         raise drgn.FaultError("page excluded from dump", 0xFFFF888000123000)
     monkeypatch.setattr(uv, "discover", fault)
-    res = _check(_kernel())
+    res = check(_kernel(), UV_EFI)
     (state,) = [f for f in res.findings if f.range.source == "uv"]
     assert state.status == "unreadable" and state.severity == "warning"
     assert "page excluded from dump" in state.message
@@ -44,9 +42,7 @@ def test_unreadable_efi_memory_map_is_a_note_and_uv_is_still_checked(monkeypatch
     def fault(prog):
         raise drgn.FaultError("address is not mapped", 0x1234000)
     monkeypatch.setattr(efi, "read_memmap", fault)
-    k = _kernel()
-    t = Target(k.program(), "synth", False, "synth", None, None)
-    res = engine.run_check(t, [engine.uv_source, engine.efi_source])
+    res = check(_kernel(), UV_EFI)
     assert any("EFI memory map is not readable" in n for n in res.notes)
     # one "unreadable" warning for the map, no region checked from it
     (state,) = [f for f in res.findings if f.range.source == "efi-memmap"]
@@ -73,5 +69,5 @@ def test_garbage_vmcoreinfo_numbers_and_uname_do_not_stop_the_check():
 def test_garbage_descriptor_is_a_note_and_not_used_by_other_sources(pages, virt):
     k = _kernel()
     k.add_efi_desc(MMIO, 0x10000000, virt, pages, RUNTIME | 1)
-    res = _check(k)
+    res = check(k, UV_EFI)
     assert sum("is garbage" in n for n in res.notes) == 1

@@ -5,43 +5,14 @@ import pytest
 from mmrwatch.collectors import engine, uv, x86
 from mmrwatch.collectors.check import CRITICAL, OK, WARNING
 from mmrwatch.collectors.target import Target
-from tests.synth import KERNEL, UC, SynthKernel
+from tests.synth import KERNEL, MMR_HI, UC, UV_HUBS, SynthKernel, check, uv_kernel
 
-MMR_HI = 0x3FFF0000000          # a made-up MMR_HI base, 64 MiB aligned
-# hub_type as v5.10+ uv_system_init_hub() leaves it (a UV4A is UV4|UV4A), and the revision
-HUB = {"UV2": (1, 3), "UV3": (2, 5), "UV4": (4, 7), "UV4A": (4 | 8, 8), "UV5": (16, 9)}
+UV = [engine.uv_source]
 
-
-def _uv(hub: str, blades: int, v510=True, healthy=True, gru=True):
-    k = SynthKernel(ram_mib=32)
-    k.direct_map_ram()
-    hub_type, rev = HUB[hub]
-    shift = 25 if hub == "UV5" else 26
-    gseg = 1 << (25 if hub == "UV5" else 26 if hub.startswith("UV4") else 28)
-    gbase = 0x7FF00000000
-    k.set_uv(hub_type=hub_type, revision=rev, pnodes=tuple(range(blades)),
-             mmr_base=MMR_HI | (1 << 63), mmr_shift=shift,
-             gru=(gbase, gbase + blades * gseg) if gru else (0, 0), v510=v510)
-    if healthy:
-        sysm = uv.UVSystem(uv.HUBBED, hub, rev,
-                           [uv.Hub(i, i, i, rev, MMR_HI, shift) for i in range(blades)],
-                           (gbase, gbase + blades * gseg) if gru else None, v510)
-        for name, pa, size, blade, cache in uv.segments(sysm):
-            flags = KERNEL | (UC if cache == uv.UC_ONLY else 0)
-            k.map(k.init_root, k.pob + pa, pa, size, 1 << 21, flags)
-    k.new_efi_root()
-    return k
-
-
-def _check(k):
-    t = Target(k.program(), "synth", False, "synth", None, None)
-    return engine.run_check(t, [engine.uv_source])
-
-
-@pytest.mark.parametrize("hub", list(HUB))
+@pytest.mark.parametrize("hub", list(UV_HUBS))
 @pytest.mark.parametrize("blades", [1, 2, 8])
 def test_healthy_hubs(hub, blades):
-    res = _check(_uv(hub, blades))
+    res = check(uv_kernel(hub, blades), UV)
     s = res.summaries["uv"]
     assert (s["state"], s["hub"], s["blades"], s["max_pnode"]) == ("hubbed", hub, blades, blades - 1)
     names = sorted({r.name for r in res.ranges})
@@ -56,39 +27,39 @@ def test_healthy_hubs(hub, blades):
 
 
 def test_uv4_before_v510_has_16mib_global_mmr32():
-    res = _check(_uv("UV4", 1, v510=False))
+    res = check(uv_kernel("UV4", 1, v510=False), UV)
     (g,) = [r for r in res.ranges if r.name == "GLOBAL_MMR32"]
     assert (g.phys, g.size) == (0xFC000000, 16 << 20)
 
 
 def test_one_blade_segment_missing():
-    k = _uv("UV3", 2, healthy=True)
+    k = uv_kernel("UV3", 2, healthy=True)
     # unmap blade 1's MMR_HI segment from init_mm (and so from efi_mm's shared copy)
     base = MMR_HI + (1 << 26)
     for off in range(0, 1 << 26, 1 << 21):
         pmd = k.table_for(k.init_root, k.pob + base + off, x86.PMD)
         k.write_entry(pmd, ((k.pob + base + off) >> 21) & 511, 0)
-    res = _check(k)
+    res = check(k, UV)
     bad = {(f.range.label, f.mm) for f in res.findings if f.severity == CRITICAL}
     assert bad == {("MMR_HI[pnode 1, blade 1]", "init_mm"), ("MMR_HI[pnode 1, blade 1]", "efi_mm")}
 
 
 def test_write_back_mmr_is_critical():
-    k = _uv("UV2", 1, healthy=False, gru=False)
+    k = uv_kernel("UV2", 1, healthy=False, gru=False)
     k.map(k.init_root, k.pob + 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL)   # WB
-    res = _check(k)
+    res = check(k, UV)
     f = next(f for f in res.findings if f.range.name == "LOCAL_MMR" and f.mm == "init_mm")
     assert (f.status, f.severity) == ("wrong-cache", CRITICAL)
 
 
 def test_stale_slot_is_a_warning():
     """MMR_HI mapped after efi_mm's last sync: its top-level slot is not yet in efi_mm."""
-    k = _uv("UV4", 1, healthy=False, gru=False)
+    k = uv_kernel("UV4", 1, healthy=False, gru=False)
     k.map(k.init_root, k.pob + 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL | UC)
     k.sync_kernel_half()
     hi_va = k.pob + MMR_HI           # 4 TiB up: its own top-level slot
     k.map(k.init_root, hi_va, MMR_HI, 1 << 26, 1 << 21, KERNEL | UC)   # after the sync
-    res = _check(k)
+    res = check(k, UV)
     f = next(f for f in res.findings if f.range.name == "MMR_HI" and f.mm == "efi_mm")
     assert (f.status, f.severity) == ("stale", WARNING)
     assert res.verdict == WARNING
@@ -97,14 +68,14 @@ def test_stale_slot_is_a_warning():
 def test_a_different_kernel_half_slot_is_not_the_stale_window():
     """efi_mm's slot non-empty but not init_mm's: a table replaced since the last EFI call
     (hot-remove) or corruption, reported with both entries, not as the empty-slot window."""
-    k = _uv("UV4", 1, healthy=False, gru=False)
+    k = uv_kernel("UV4", 1, healthy=False, gru=False)
     hi_va = k.pob + MMR_HI
     k.map(k.init_root, hi_va, MMR_HI, 1 << 26, 1 << 21, KERNEL | UC)
     k.sync_kernel_half()
     idx = x86.top_index(hi_va, 4)
     old = k.alloc()                              # efi_mm still points at a table init_mm left
     k.write_entry(k.efi_root, idx, (k.read_entry(k.init_root, idx) & 0xFFF) | old)
-    res = _check(k)
+    res = check(k, UV)
     f = next(f for f in res.findings if f.range.name == "MMR_HI" and f.mm == "efi_mm")
     assert (f.status, f.severity) == ("diverged", WARNING)
     assert f"table at PA 0x{old:x}" in f.message and "init_mm 0x" in f.message
@@ -119,7 +90,7 @@ def test_no_hub_states_have_no_ranges(kw, state):
     k.direct_map_ram()
     k.new_efi_root()
     k.set_uv(**kw)
-    res = _check(k)
+    res = check(k, UV)
     assert res.summaries["uv"]["state"] == state and res.ranges == []
 
 
@@ -127,15 +98,15 @@ def test_not_a_uv_kernel():
     k = SynthKernel()
     k.direct_map_ram()
     k.new_efi_root()
-    res = _check(k)
+    res = check(k, UV)
     assert res.summaries["uv"]["state"] == uv.NOT_UV_KERNEL and res.ranges == []
 
 
 def test_2016_regression_runtime_mmio_only_in_efi_identity():
-    k = _uv("UV2", 1, healthy=False, gru=False)
+    k = uv_kernel("UV2", 1, healthy=False, gru=False)
     k.map(k.efi_root, 0xFA000000, 0xFA000000, 32 << 20, 1 << 21, KERNEL | x86.PCD)
     k.add_efi_desc(11, 0xFA000000, 0, (32 << 20) >> 12, (1 << 63) | 1)
-    res = _check(k)
+    res = check(k, UV)
     f = {(x.mm, x.exp.rule): x for x in res.findings if x.range.name == "LOCAL_MMR"}
     assert f[("efi_mm", "identity")].severity == OK
     assert f[("init_mm", "direct")].status == "missing"
@@ -149,7 +120,7 @@ RT = 1 << 63
 
 
 def _with_entry(entry, code_flags=KERNEL & ~x86.NX, efi_table=True, **kw):
-    k = _uv("UV4", 1, **kw)
+    k = uv_kernel("UV4", 1, **kw)
     k.uv_state["bios_entry"] = entry
     k.add_efi_desc(5, CODE_PA, CODE_VA, 16, RT | 8)
     k.add_efi_desc(6, DATA_PA, DATA_VA, 16, RT | 8)
@@ -165,7 +136,7 @@ def _entry(res):
 
 
 def test_bios_entry_in_runtime_code_is_checked_executable_in_efi_mm():
-    res = _check(_with_entry(CODE_VA + 0x2345))
+    res = check(_with_entry(CODE_VA + 0x2345), UV)
     (f,) = _entry(res)
     assert (f.mm, f.exp.rule, f.exp.va, f.range.phys) == ("efi_mm", "efi_va", CODE_VA + 0x2000,
                                                           CODE_PA + 0x2000)
@@ -174,25 +145,25 @@ def test_bios_entry_in_runtime_code_is_checked_executable_in_efi_mm():
 
 
 def test_bios_entry_on_a_non_executable_page_is_flagged():
-    res = _check(_with_entry(CODE_VA + 0x2345, code_flags=KERNEL))      # NX code
+    res = check(_with_entry(CODE_VA + 0x2345, code_flags=KERNEL), UV)      # NX code
     (f,) = _entry(res)
     assert (f.status, f.severity) == ("wrong-perm", WARNING)
 
 
 def test_bios_entry_through_the_identity_map():
-    res = _check(_with_entry(DATA_PA + 0x10))       # 1:1 address, but runtime *data*: NX
+    res = check(_with_entry(DATA_PA + 0x10), UV)       # 1:1 address, but runtime *data*: NX
     (f,) = _entry(res)
     assert (f.exp.rule, f.range.phys, f.status) == ("identity", DATA_PA, "wrong-perm")
 
 
 def test_bios_entry_outside_every_runtime_region_is_a_note():
-    res = _check(_with_entry(0xFFFFFFFEF0000000))
+    res = check(_with_entry(0xFFFFFFFEF0000000), UV)
     assert not _entry(res)
     assert any("lies in no EFI runtime region" in n for n in res.notes)
 
 
 def test_no_uvsystab_is_a_note():
-    res = _check(_with_entry(None))
+    res = check(_with_entry(None), UV)
     assert not _entry(res)
     assert any("uv_systab is NULL" in n for n in res.notes)
 
@@ -207,7 +178,7 @@ def test_old_memmap_checks_the_entry_in_init_mm(mapped):
     k.old_memmap = True
     if mapped:
         k.map(k.init_root, k.pob + CODE_PA, CODE_PA, 16 << 12, 4096, KERNEL & ~x86.NX)
-    res = _check(k)
+    res = check(k, UV)
     assert res.spaces["efi_mm"].reason.startswith("EFI old memory map")
     (f,) = _entry(res)
     assert (f.mm, f.exp.rule, f.exp.va) == ("init_mm", "direct", k.pob + CODE_PA + 0x2000)
@@ -218,9 +189,9 @@ def test_old_memmap_checks_the_entry_in_init_mm(mapped):
 def test_mmr_direct_map_address_beyond_the_direct_map_window(window_tib, warned):
     """KASLR sizes the direct-map window from RAM + padding; MMR_HI at ~4 TiB with a 1 TiB
     window is mapped into vmalloc space (arch/x86/mm/kaslr.c, research notes §2.4)."""
-    k = _uv("UV4", 1)
+    k = uv_kernel("UV4", 1)
     k.vmalloc_base = k.pob + (window_tib << 40)
-    res = _check(k)
+    res = check(k, UV)
     notes = [n for n in res.notes if "beyond the direct-map window" in n]
     assert bool(notes) == warned
     if warned:
@@ -251,7 +222,7 @@ def test_segments_are_labelled_by_pnode_and_by_blade_only_where_a_hub_is():
     from mmrwatch.collectors import x86
     facts = KernelFacts("6.1", 4, 0xFFFF888000000000, 0, (1 << 52) - 1, 0, x86.CacheModes(None),
                         0, {})
-    mmr = [r for r in uv.ranges(sysm, facts, []) if r.name == "MMR_HI"]
+    mmr = [r for r in uv.ranges(sysm, facts, [])[0] if r.name == "MMR_HI"]
     assert [(r.pnode, r.blade) for r in mmr] == [(0, None), (1, 0), (2, None), (3, 1)]
     assert [r.label for r in mmr] == ["MMR_HI[pnode 0]", "MMR_HI[pnode 1, blade 0]",
                                       "MMR_HI[pnode 2]", "MMR_HI[pnode 3, blade 1]"]
@@ -278,5 +249,21 @@ def test_live_uvsystab_reads_as_zeros_so_its_page_is_checked_in_efi_mm(mapped):
     assert all(f.range.phys == DATA_PA + 0x1000 for f in tab)
     assert {f.severity for f in tab} == ({OK} if mapped else {CRITICAL})
     # the same zeros in a dump are what they say: no signature
-    res = _check(k)
+    res = check(k, UV)
     assert any("no UVST signature" in n for n in res.notes)
+
+
+def test_working_out_ranges_leaves_the_discovery_result_as_discovered():
+    """A span no UV system can have (global_mmr_shift 60) found while working out ranges is
+    a note and a state range returned by ``ranges``, not written into the discovery result
+    (which another check of the same system may reuse)."""
+    from mmrwatch.collectors.kernel import KernelFacts
+    sysm = uv.UVSystem(uv.HUBBED, "UV3", 5, [uv.Hub(0, 0, 0, 5, MMR_HI | 1 << 63, 60)])
+    facts = KernelFacts("6.1", 4, 0xFFFF888000000000, 0, (1 << 52) - 1, 0, x86.CacheModes(None),
+                        0, {})
+    for _ in range(2):                               # the same answer each time
+        out, notes = uv.ranges(sysm, facts, [])
+        assert [r.name for r in out if r.kind == "unreadable"] == ["uv-MMR_HI"]
+        assert [n for n in notes if n.startswith("UV MMR_HI: ")] == [notes[0]]
+        assert "MMR_HI" not in {r.name for r in out}
+    assert sysm.notes == [] and sysm.problems == {}
