@@ -18,6 +18,7 @@ rule (``arch.Arch.linear_leaf``); the shapes depend only on its level shifts.
 """
 from __future__ import annotations
 
+import weakref
 from array import array
 from functools import lru_cache
 
@@ -52,6 +53,15 @@ class _Shape:
 def _shape(shift: int, entries: int) -> _Shape:
     """Built once per stride (a few ms): every walker of every check shares it."""
     return _Shape(shift, entries)
+
+
+def for_arch(arch: Arch) -> Linear:
+    """The tests for ``arch``, built once per arch object: a check makes a walker, and
+    building them per walker was measurable in ``tests/bench/walk.py``'s targeted check."""
+    test = _BY_ARCH.get(arch)
+    if test is None:
+        test = _BY_ARCH[arch] = Linear(arch)
+    return test
 
 
 class Linear:
@@ -93,3 +103,6 @@ class Linear:
         ok = int.from_bytes(arr[i0:i1 + 1], "little") == v0 * (shape.ones & mask) + \
             (shape.ramp_int & mask)
         return v0 if ok else 0
+
+
+_BY_ARCH: weakref.WeakKeyDictionary[Arch, Linear] = weakref.WeakKeyDictionary()

@@ -146,6 +146,10 @@ class X86_64:
         self.top = top_level(levels)
         self.va_bits = 57 if levels == 5 else 48
         self.pfn_mask = PTE_PFN_MASK & phys_mask
+        # precomputed for the per-entry calls (the module functions recompute them)
+        self._top_shift = LEVEL_SHIFT_5[self.top]
+        self._sign = 1 << (self.va_bits - 1)
+        self._upper = _U64 & ~((self._sign << 1) - 1)
 
     # -- levels and addresses ------------------------------------------------------------
     @staticmethod
@@ -157,10 +161,10 @@ class X86_64:
         return 1 << LEVEL_SHIFT_5[level]
 
     def top_index(self, va: int) -> int:
-        return top_index(va, self.levels)
+        return (va >> self._top_shift) & (ENTRIES - 1)
 
     def canonical(self, va: int) -> int:
-        return canonical(va, self.levels)
+        return va | self._upper if va & self._sign else va
 
     def halves(self) -> tuple[tuple[int, int], tuple[int, int]]:
         top = 1 << (self.va_bits - 1)
@@ -172,7 +176,13 @@ class X86_64:
         return bool(val & P)
 
     def entry_pa(self, val: int, level: int) -> int:
-        return entry_pa(val, level, self.phys_mask)
+        """As the module's ``entry_pa`` (inverted non-present PFNs, huge-page alignment)."""
+        if val and not val & P:
+            val ^= PTE_PFN_MASK
+        pa = val & self.pfn_mask
+        if val & PSE and (level == PUD or level == PMD):
+            pa &= ~((1 << LEVEL_SHIFT_5[level]) - 1)
+        return pa
 
     @staticmethod
     def is_leaf(val: int, level: int, follow_nonpresent: bool) -> bool:
