@@ -2,8 +2,11 @@
 
 Each fact is taken from what the kernel actually has (a variable, a vmcoreinfo key), with
 the fallback used only when the kernel lacks it; e.g. ``page_offset_base`` exists only
-with CONFIG_RANDOMIZE_MEMORY / DYNAMIC_MEMORY_LAYOUT, ``physical_mask`` only with
-DYNAMIC_PHYSICAL_MASK, ``__pte2cachemode_tbl`` since v4.2.
+with CONFIG_RANDOMIZE_MEMORY (v4.8, "x86/mm: Implement ASLR for kernel memory regions") /
+DYNAMIC_MEMORY_LAYOUT, ``physical_mask`` only with DYNAMIC_PHYSICAL_MASK (v4.17, "x86/mm:
+Decouple dynamic __PHYSICAL_MASK from AMD SME"), ``__pte2cachemode_tbl`` since v3.19
+("x86: Make page cache mode a real type").  What the facts mean to a walk (levels, entry
+bits, cache modes) is the architecture's: ``KernelFacts.arch``.
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ PAGE_SIZE = 4096
 
 # The kernel's virtual layout (arch/x86/include/asm/pgtable_64_types.h, page_64_types.h).
 START_KERNEL_MAP = 0xFFFFFFFF80000000
-EFI_VA_START = 0xFFFFFFFF00000000    # -4 GiB  (unchanged since v3.14)
+# The EFI runtime area, unchanged since v3.14 ("x86/efi: Runtime services virtual mapping").
+EFI_VA_START = 0xFFFFFFFF00000000    # -4 GiB
 EFI_VA_END = 0xFFFFFFEF00000000      # -68 GiB
 
 # Cache modes: enum page_cache_mode (arch/x86/include/asm/pgtable_types.h).
@@ -99,7 +100,9 @@ def entry_pa(val: int, level: int, phys_mask: int) -> int:
     """Physical address an entry points at; large leaves drop the PAT bit and low bits.
 
     Non-present, non-zero entries store their PFN inverted (L1TF mitigation,
-    ``protnone_mask()`` in arch/x86/include/asm/pgtable-invert.h); undo that as the kernel does.
+    ``protnone_mask()`` in arch/x86/include/asm/pgtable-invert.h; since v4.19,
+    "x86/speculation/l1tf: Protect PROT_NONE PTEs against speculation"); undo that as the
+    kernel does.
     """
     if val and not val & P:
         val ^= PTE_PFN_MASK
@@ -197,7 +200,7 @@ class X86_64:
         return level != PTE and bool(val & P) and bool(val & _HUGE_ALIGN[level])
 
     def table_problem(self, val: int, level: int) -> Optional[str]:
-        """PS is reserved in pgd and p4d entries (SDM vol. 3, 4.5: no 512 GiB pages)."""
+        """PS is reserved in pgd and p4d entries: x86-64 has no 512 GiB or 256 TiB pages."""
         return f"PS bit set at {LEVEL_NAMES[level]} (reserved)" if val & PSE and level < PUD \
             else None
 
