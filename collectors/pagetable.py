@@ -130,7 +130,7 @@ class Walker:
         ``eff`` is the protection through the levels above, ``path`` the tables above."""
         shift = self._shifts[level]
         i0 = (lo - base) >> shift
-        i1 = min(self.arch.entries - 1, (hi - 1 - base) >> shift)
+        i1 = min(self._last, (hi - 1 - base) >> shift)
         self._budget -= 1
         if self._budget < 0:
             self._error(level, base + (i0 << shift), pa, "walk budget exhausted (table cycle?)")
@@ -149,7 +149,7 @@ class Walker:
         arch = self.arch
         shift = self._shifts[level]
         leafy = level in self._leafy
-        last = arch.entries - 1
+        last = self._last
         try:
             if leafy and i1 - i0 == last:
                 v0 = self.reader.leaf_run(pa, level, self.linear)   # a linear table: not kept
