@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import x86
 from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, WalkError, Walker, extents
@@ -58,6 +57,7 @@ class Checker:
 
     def __init__(self, facts: KernelFacts, spaces: dict[str, AddressSpace], walker: Walker):
         self.facts, self.spaces, self.walker = facts, spaces, walker
+        self.arch = walker.arch
         # (va, size, the root entries over it) -> (extents, walk errors); see _extents
         self._walks: dict[tuple, tuple[list[Extent], list[WalkError]]] = {}
 
@@ -94,6 +94,7 @@ class Checker:
 
     def _account(self, rng: Range, exp: Expectation, exts: list[Extent]) -> Finding:
         f = Finding(rng, exp, "ok", OK, "", extents=exts)
+        arch = self.arch
         modes, sizes = set(), set()
         for e in exts:
             want_pa = rng.phys + (e.va - exp.va)
@@ -101,13 +102,13 @@ class Checker:
                 f.misdirected_bytes += e.size
                 continue
             f.mapped_bytes += e.size
-            mode = self.facts.cache.mode(e.val, e.level)
+            mode = arch.cache_mode(e.val, e.level)
             modes.add(mode)
             sizes.add(e.page_size)
             if exp.cache is not None and mode not in exp.cache:
                 f.wrong_cache_bytes += e.size
-            if (exp.writable is not None and bool(e.eff & x86.RW) != exp.writable) or \
-               (exp.executable is not None and (not e.eff & x86.NX) != exp.executable):
+            if (exp.writable is not None and arch.writable(e.eff) != exp.writable) or \
+               (exp.executable is not None and arch.executable(e.eff) != exp.executable):
                 f.wrong_perm_bytes += e.size
         f.missing_bytes = rng.size - f.mapped_bytes - f.misdirected_bytes
         f.cache_modes, f.page_sizes = sorted(modes), sorted(sizes)
@@ -167,7 +168,7 @@ class Checker:
                          "(no EFI call since the mapping was made)")
         else:
             f.status = "diverged"
-            mask = self.walker.phys_mask & ~0xFFF
+            mask = self.arch.phys_mask & ~0xFFF
             f.message = (f"kernel-half slot differs: efi_mm has 0x{mine:x} (table at PA "
                          f"0x{mine & mask:x}), init_mm 0x{theirs or 0:x} (table at PA "
                          f"0x{(theirs or 0) & mask:x}): init_mm replaced that table since the "
@@ -185,8 +186,8 @@ class Checker:
         except TableFault:
             pass            # the walk records why
         else:
-            lo = x86.top_index(va, self.facts.levels)
-            hi = x86.top_index(va + size - 1, self.facts.levels)
+            lo = self.arch.top_index(va)
+            hi = self.arch.top_index(va + size - 1)
             if lo <= hi:
                 key = (va, size, tuple(root[lo:hi + 1]) if root is not None else None)
         hit = self._walks.get(key) if key is not None else None
@@ -204,14 +205,9 @@ class Checker:
             table = self.walker.reader.table(root_pa)
         except TableFault:
             return None
-        return 0 if table is None else table[x86.top_index(va, self.facts.levels)]
+        return 0 if table is None else table[self.arch.top_index(va)]
 
 
 def _clip(exts, va: int, size: int) -> list[Extent]:
     """Extents cut to ``[va, va + size)`` (a 2 MiB leaf may start before a 4 KiB range)."""
-    out = []
-    for e in exts:
-        lo, hi = max(e.va, va), min(e.va + e.size, va + size)
-        if lo < hi:
-            out.append(Extent(lo, e.pa + (lo - e.va), hi - lo, e.level, e.val, e.eff))
-    return out
+    return [c for c in (e.clipped(va, size) for e in exts) if c is not None]

@@ -22,7 +22,7 @@ from drgn.helpers.linux.cpumask import cpu_online_mask
 from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.sched import cpu_curr
 
-from . import efi, faults, printk, x86
+from . import efi, faults, printk
 from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Walker
@@ -185,8 +185,9 @@ def translate(walker: Walker, facts: KernelFacts, name: str, root_pa: Optional[i
     if hit is None:
         return Translation(name, False)
     pa, level, val = hit
-    return Translation(name, True, pa, x86.level_size(level), facts.cache.mode(val, level),
-                       x86.perm_string(val))
+    arch = walker.arch
+    return Translation(name, True, pa, arch.level_size(level), arch.cache_mode(val, level),
+                       arch.perms(val))
 
 
 def describe(va: int, facts: KernelFacts, ranges: list[Range],

@@ -2,12 +2,16 @@
 
 Each fact is taken from what the kernel actually has (a variable, a vmcoreinfo key), with
 the fallback used only when the kernel lacks it; e.g. ``page_offset_base`` exists only
-with CONFIG_RANDOMIZE_MEMORY / DYNAMIC_MEMORY_LAYOUT, ``physical_mask`` only with
-DYNAMIC_PHYSICAL_MASK, ``__pte2cachemode_tbl`` since v4.2.
+with CONFIG_RANDOMIZE_MEMORY (v4.8, "x86/mm: Implement ASLR for kernel memory regions") /
+DYNAMIC_MEMORY_LAYOUT, ``physical_mask`` only with DYNAMIC_PHYSICAL_MASK (v4.17, "x86/mm:
+Decouple dynamic __PHYSICAL_MASK from AMD SME"), ``__pte2cachemode_tbl`` since v3.19
+("x86: Make page cache mode a real type").  What the facts mean to a walk (levels, entry
+bits, cache modes) is the architecture's: ``KernelFacts.arch``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional, TypeVar
 
 import drgn
@@ -15,10 +19,8 @@ import drgn
 from . import faults, x86
 from .errors import DATA, TargetError, one_line
 from .pagetable import TableReader, Walker
+from .x86 import EFI_VA_END, EFI_VA_START, START_KERNEL_MAP  # noqa: F401 (re-exported)
 
-START_KERNEL_MAP = 0xFFFFFFFF80000000
-EFI_VA_START = 0xFFFFFFFF00000000    # -4 GiB  (pgtable_64_types.h, unchanged since v3.14)
-EFI_VA_END = 0xFFFFFFEF00000000      # -68 GiB
 T = TypeVar("T")
 
 
@@ -53,6 +55,11 @@ class KernelFacts:
     kaslr_offset: int
     vmcoreinfo: dict[str, str]
     notes: list[str] = field(default_factory=list)   # facts read with a fallback, and why
+
+    @cached_property
+    def arch(self) -> x86.X86_64:
+        """This kernel's paging as the walker, checker and ptdump see it (``arch.Arch``)."""
+        return x86.X86_64(self.levels, self.phys_mask, self.cache)
 
     def image_pa(self, va: int) -> int:
         """PA of a kernel-image address (``__pa_symbol``)."""
@@ -184,4 +191,4 @@ def make_walker(prog: drgn.Program, facts: KernelFacts,
     ``WalkTimeout``, so a daemon's check cannot run unbounded on a huge or changing table.
     """
     reader = TableReader(lambda pa, n: prog.read(pa, n, True), deadline=deadline)
-    return Walker(reader, facts.levels, facts.phys_mask)
+    return Walker(reader, facts.arch)

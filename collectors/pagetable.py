@@ -1,13 +1,12 @@
-"""One x86-64 page-table walker for every consumer (checks, ptdump, reverse lookups).
+"""One page-table walker for every consumer (checks, ptdump, reverse lookups).
 
 Modelled on the kernel's ``mm/pagewalk.c`` + ``mm/ptdump.c``: the walker visits a VA range
 of one table tree and reports *runs* to callbacks; what a consumer does with them (merge
-extents, print ptdump lines, check a range) is not the walker's business.
+extents, print ptdump lines, check a range) is not the walker's business.  What an entry
+means (leaf or table, present, its address, its protection) the walker asks the ``Arch``
+object it is given (``arch``; ``x86.X86_64``), as ``mm/ptdump.c`` asks its arch callbacks.
 
-Cost model (see ``tests/bench``): each table page is read once with one physical read and
-viewed as 512 uint64s without copying; pages are cached for the life of the reader (a
-whole linear leaf table only as its first entry), so efi_mm's kernel half, which shares
-init_mm's lower tables, costs nothing the second time.
+Cost model: table pages come from a ``tables.TableReader`` (each read once, cached).
 Runs of linear leaves (same flags, contiguous physical addresses) are coalesced; a fully
 linear table (``linear.py``) or an empty one is recognised without a per-entry Python loop,
 and below a table whole linear children are decided without a call per child.
@@ -26,31 +25,22 @@ bounded by the table pages the dump can hold, not by the number of references to
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
-from . import linear, x86
+from .arch import Arch
 from .deadline import Deadline, DeadlineSpec, WalkCancelled, WalkTimeout, as_deadline  # noqa: F401
-from .x86 import NX, P, PMD, PSE, PTE, PUD, RW, US, ENTRIES
+from . import linear
+from .tables import ReadPhys, TableFault, TableReader  # noqa: F401 (the walker's API)
 
-ReadPhys = Callable[[int, int], bytes]
 LeafFn = Callable[[int, int, int, int, int], None]   # level, va, size, val, eff
 HoleFn = Callable[[int, int, int], None]              # level, va, size
-_ZERO = bytes(x86.PAGE_SIZE)
-_MISS = object()
-_LEAFY = linear.LEAFY
-_FLAGS = x86.PTE_FLAGS_MASK
 # distinct VAs one table page is walked for, per check: a PTE table (leaves only: a re-walk
 # costs one memo lookup or 512 entries) and a table of tables (a re-walk repeats a subtree).
 # The kernel itself shares its ESPfix PTE page 2048 times and the PMD page above it 4 times
 # (arch/x86/kernel/espfix_64.c: ESPFIX_PTE_CLONES x ESPFIX_PMD_CLONES x ESPFIX_PUD_CLONES).
 MAX_SERVED = 4
 MAX_SERVED_LEAF = MAX_SERVED * 512     # every entry of each allowed walk of its parent
-
-
-class TableFault(Exception):
-    """A table page could not be read (outside the dump, or not RAM on a live kernel)."""
 
 
 @dataclass(frozen=True)
@@ -61,102 +51,20 @@ class WalkError:
     va: int
     table_pa: int
     message: str
+    level_name: str
 
     def __str__(self) -> str:
-        return (f"{x86.LEVEL_NAMES[self.level]} entry for 0x{self.va:016x} "
+        return (f"{self.level_name} entry for 0x{self.va:016x} "
                 f"(table at PA 0x{self.table_pa:x}): {self.message}")
 
 
-class TableReader:
-    """Reads and decodes table pages by physical address, caching them for one check.
-
-    The cache is bounded (oldest pages dropped first) so a full walk of a huge direct map
-    cannot grow memory without limit; shared upper-level tables stay hot regardless.
-    A leaf table that is one whole linear run is not cached at all: its memo (``linear``,
-    one int) says everything a walk needs, and keeping thousands of 4 KiB pages alive costs
-    more in allocation than reading them (measured in ``tests/bench``).
-    """
-
-    def __init__(self, read_phys: ReadPhys, limit: int = 8192,
-                 deadline: DeadlineSpec = None) -> None:
-        self._read = read_phys
-        # checked before every page read, and every 64 tables walked (cache hits included)
-        self.deadline: Optional[Deadline] = as_deadline(deadline)
-        # OrderedDict: evicting the oldest page is O(1); next(iter(dict)) is not once many
-        # slots have been deleted (CPython scans past them).
-        self._cache: OrderedDict[int, Optional[memoryview]] = OrderedDict()
-        self._limit = limit
-        self.reads = 0
-        # pa * 8 + level -> v0 when the whole table is one linear run of leaves, else 0:
-        # efi_mm revisits init_mm's tables.  Bounded on its own (cleared when full).
-        self.linear: dict[int, int] = {}
-        self._linear_limit = limit * 8      # ints, ~100 bytes each: a few MB at most
-
-    def table(self, pa: int) -> Optional[memoryview]:
-        """The 512 entries of the table at ``pa`` (a uint64 view of the bytes read, whose
-        ``.obj`` is those bytes); None for an all-zero page."""
-        arr = self._cache.get(pa, _MISS)
-        if arr is _MISS:
-            arr = self._keep(pa, self._fetch(pa))
-        return arr
-
-    def leaf_run(self, pa: int, level: int) -> int:
-        """v0 when the whole table at ``pa`` is one linear run of ``level`` leaves, else 0
-        (also for an empty table).  Memoised; raises ``TableFault`` when unreadable."""
-        key = pa * 8 + level
-        v0 = self.linear.get(key)
-        if v0 is not None:
-            return v0
-        arr = self._cache.get(pa, _MISS)
-        if arr is not _MISS:
-            v0 = linear.whole(arr.obj, level) if arr is not None else 0
-        else:
-            raw = self._fetch(pa)
-            v0 = linear.whole(raw, level)        # 0 for an all-zero page (not present)
-            if not v0:
-                self._keep(pa, raw)
-        if len(self.linear) >= self._linear_limit:
-            self.linear.clear()
-        self.linear[key] = v0
-        return v0
-
-    def _fetch(self, pa: int) -> bytes:
-        if self.deadline is not None:
-            self.deadline.check()
-        try:
-            raw = self._read(pa, x86.PAGE_SIZE)
-        except Exception as e:  # drgn.FaultError, OSError on /proc/kcore, ...
-            raise TableFault(str(e).split("\n")[0]) from None
-        self.reads += 1
-        return bytes(raw)
-
-    def _keep(self, pa: int, raw: bytes) -> Optional[memoryview]:
-        """Cache the page read at ``pa`` as its uint64 view (None when all zero)."""
-        arr = None if raw == _ZERO else memoryview(raw).cast("Q")
-        if len(self._cache) >= self._limit:
-            self._cache.popitem(last=False)
-        self._cache[pa] = arr
-        return arr
-
-
-def _eff(prev: int, val: int, first: bool) -> int:
-    """Effective protection after this level, as ``effective_prot()`` in dump_pagetables.c."""
-    prot = val & x86.PTE_FLAGS_MASK
-    if first:
-        return prot
-    return (prev & prot & (US | RW)) | ((prev | prot) & NX)
-
-
 class Walker:
-    """Walks one x86-64 table tree over a VA range, reporting leaf and hole runs."""
+    """Walks one table tree over a VA range, reporting leaf and hole runs."""
 
-    def __init__(self, reader: TableReader, levels: int, phys_mask: int,
-                 max_tables: int = 1 << 21) -> None:
-        if levels not in (4, 5):
-            raise ValueError(f"unsupported paging depth {levels}")
+    def __init__(self, reader: TableReader, arch: Arch, max_tables: int = 1 << 21) -> None:
         self.reader = reader
-        self.levels = levels
-        self.phys_mask = phys_mask
+        self.arch = arch
+        self.linear = linear.for_arch(arch)
         self.max_tables = max_tables
         self.errors: list[WalkError] = []
         # table PA -> (VA base << 3 | level) where it was first walked, for the walker's
@@ -166,9 +74,15 @@ class Walker:
         self._also: dict[int, set[int]] = {}
         # (parent PA, child PA) -> (index in errors, entries, message), for one walk
         self._shared: dict[tuple[int, int], tuple[int, int, str]] = {}
-        self._bits = 57 if levels == 5 else 48
         self._budget = max_tables
         self._follow = False
+        self._on_leaf: LeafFn = lambda level, va, size, val, eff: None
+        self._on_hole: Optional[HoleFn] = None
+        self._shifts = tuple(arch.level_shift(lvl) for lvl in range(len(arch.level_names)))
+        self._last_level = len(arch.level_names) - 1
+        self._leafy = frozenset(arch.leaf_levels)
+        self._last = arch.entries - 1
+        self._tmask, self._tbits = arch.table_mask, arch.table_bits
 
     # -- public API --------------------------------------------------------------------
     def walk(self, root_pa: int, start: int, end: int, on_leaf: LeafFn,
@@ -182,99 +96,106 @@ class Walker:
 
         By default the walk has the MMU's semantics: a non-present table entry ends the
         branch as a hole.  ``follow_nonpresent`` gives ``mm/pagewalk.c``'s semantics, which
-        ptdump needs to print what the kernel prints: a non-present, non-none pud/pmd entry
-        is skipped silently, pgd/p4d entries are descended whatever their P bit.
+        ptdump needs to print what the kernel prints: a non-present, non-none entry is
+        followed or skipped as the architecture says (``Arch.nonpresent_child``).
         """
-        mask = (1 << self._bits) - 1
+        mask = (1 << self.arch.va_bits) - 1
         lo, hi = start & mask, ((end - 1) & mask) + 1
         if hi <= lo:
             raise ValueError("walk range crosses the non-canonical hole")
         self._budget = self.max_tables
         self._follow = follow_nonpresent
         self._shared = {}
-        top = x86.top_level(self.levels)
-        self._table(top, root_pa, 0, lo, hi, 0, (root_pa,), on_leaf, on_hole)
+        self._on_leaf, self._on_hole = on_leaf, on_hole
+        self._table(self.arch.top, root_pa, 0, lo, hi, 0, (root_pa,))
 
     def translate(self, root_pa: int, va: int) -> Optional[tuple[int, int, int]]:
         """(pa, level, entry) mapping ``va``, or None when unmapped or unreadable."""
         found: list[tuple[int, int, int]] = []
+        arch = self.arch
 
         def leaf(level: int, lva: int, size: int, val: int, eff: int) -> None:
-            if val & P:
-                base = x86.entry_pa(val, level, self.phys_mask)
-                found.append((base + (va - lva), level, val + ((va - lva) & ~(x86.level_size(level) - 1))))
+            if arch.present(val):
+                base = arch.entry_pa(val, level)
+                found.append((base + (va - lva), level,
+                              val + ((va - lva) & ~(arch.level_size(level) - 1))))
 
         self.walk(root_pa, va, va + 1, leaf)
         return found[0] if found else None
 
     # -- the walk ------------------------------------------------------------------------
     def _table(self, level: int, pa: int, base: int, lo: int, hi: int, eff: int,
-               path: tuple[int, ...], on_leaf: LeafFn, on_hole: Optional[HoleFn]) -> None:
-        shift = x86.level_shift(level)
-        size = 1 << shift
+               path: tuple[int, ...]) -> None:
+        """Report the part ``[lo, hi)`` of the table at ``pa`` (mapping from ``base``);
+        ``eff`` is the protection through the levels above, ``path`` the tables above."""
+        shift = self._shifts[level]
         i0 = (lo - base) >> shift
-        i1 = min(ENTRIES - 1, (hi - 1 - base) >> shift)
+        i1 = min(self._last, (hi - 1 - base) >> shift)
         self._budget -= 1
         if self._budget < 0:
             self._error(level, base + (i0 << shift), pa, "walk budget exhausted (table cycle?)")
             return
         if not self._budget & 63 and self.reader.deadline is not None:
             self.reader.deadline.check()       # walks of cached tables read nothing
-        canon = self._canon
-        first = level == x86.top_level(self.levels)
-        leafy = level in _LEAFY
+        arr = self._linear(level, pa, base, i0, i1, eff)
+        if arr is not None:
+            self._entries(level, pa, arr, base, lo, hi, eff, path)
+
+    def _linear(self, level: int, pa: int, base: int, i0: int, i1: int,
+                eff: int) -> Optional[memoryview]:
+        """The fast path: entries ``i0..i1`` reported at once when they are one linear run
+        of leaves or all empty, or recorded as unreadable (None); else the table's entries
+        for the per-entry path."""
+        arch = self.arch
+        shift = self._shifts[level]
+        leafy = level in self._leafy
+        last = self._last
         try:
-            if leafy and i1 - i0 == ENTRIES - 1:
-                v0 = self.reader.leaf_run(pa, level)    # a linear table is never kept
+            if leafy and i1 - i0 == last:
+                v0 = self.reader.leaf_run(pa, level, self.linear)   # a linear table: not kept
                 if v0:
-                    on_leaf(level, canon(base), ENTRIES << shift, v0, _eff(eff, v0, first))
-                    return
+                    self._on_leaf(level, arch.canonical(base), arch.entries << shift, v0,
+                                  arch.effective(eff, v0, level == arch.top))
+                    return None
             arr = self.reader.table(pa)
         except TableFault as e:
             self._error(level, base + (i0 << shift), pa, f"table unreadable: {e}")
-            return
+            return None
         if arr is None:
-            if on_hole:
-                on_hole(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift)
-            return
-        if leafy and 0 < i1 - i0 < ENTRIES - 1:      # a full table was tested above
-            v0 = linear.part(arr, level, i0, i1)
+            if self._on_hole:
+                self._on_hole(level, arch.canonical(base + (i0 << shift)), (i1 - i0 + 1) << shift)
+            return None
+        if leafy and 0 < i1 - i0 < last:      # a full table was tested above
+            v0 = self.linear.part(arr, level, i0, i1)
             if v0:
-                on_leaf(level, canon(base + (i0 << shift)), (i1 - i0 + 1) << shift, v0,
-                        _eff(eff, v0, first))
-                return
-        # Children that are whole linear leaf tables (the bulk of any big mapping) are
-        # decided here without a call per table, and consecutive ones reported as one run.
-        clevel = level + 1
-        fast = clevel in _LEAFY
-        tmask = x86.PTE_PFN_MASK & self.phys_mask
-        pend = False
-        pva = pv0 = pn = peff = pflags = 0
-        i = i0
+                self._on_leaf(level, arch.canonical(base + (i0 << shift)), (i1 - i0 + 1) << shift,
+                              v0, arch.effective(eff, v0, level == arch.top))
+                return None
+        return arr
+
+    def _entries(self, level: int, pa: int, arr: memoryview, base: int, lo: int, hi: int,
+                 eff: int, path: tuple[int, ...]) -> None:
+        """The per-entry path: runs of whole linear child tables, of empty entries and of
+        contiguous leaves are reported as one each; other table entries are descended."""
+        arch = self.arch
+        shift = self._shifts[level]
+        size = 1 << shift
+        i = (lo - base) >> shift
+        i1 = min(self._last, (hi - 1 - base) >> shift)
+        canon, on_hole = arch.canonical, self._on_hole
+        fast = level + 1 in self._leafy
+        tmask, tbits = self._tmask, self._tbits
         while i <= i1:
             val = arr[i]
             va = base + (i << shift)
-            if fast and val & P and not val & PSE and lo <= va and va + size <= hi:
-                child = val & tmask
-                try:
-                    v0 = self.reader.leaf_run(child, clevel)     # memoised
-                except TableFault:
-                    v0 = 0     # walked the ordinary way below, which records the fault
-                if v0 and self._budget > 0 and child not in path:
-                    self._budget -= 1
-                    # same table-entry flags -> same effective protection for the child
-                    if pend and pva + pn == va and pv0 + pn == v0 and pflags == val & _FLAGS:
-                        pn += size
-                    else:
-                        if pend:
-                            on_leaf(clevel, canon(pva), pn, pv0, peff)
-                        pend, pva, pv0, pn = True, va, v0, size
-                        pflags, peff = val & _FLAGS, _eff(_eff(eff, val, first), v0, False)
-                    i += 1
-                    continue
-            if pend:
-                on_leaf(clevel, canon(pva), pn, pv0, peff)
-                pend = False
+            # only an entry mapping wholly inside [lo, hi) may have its child decided whole
+            if fast and val & tmask == tbits and lo <= va and va + size <= hi:
+                stop = i1 if base + ((i1 + 1) << shift) <= hi else i1 - 1
+                i = self._linear_children(level, arr, base, i, stop, eff, path)
+                if i > i1:
+                    break
+                val = arr[i]
+                va = base + (i << shift)
             if not val:
                 j = i + 1
                 while j <= i1 and not arr[j]:
@@ -282,52 +203,91 @@ class Walker:
                 if on_hole:
                     on_hole(level, canon(va), (j - i) << shift)
                 i = j
-                continue
-            # pmd_large() tests PSE alone; pud_large() wants PSE and P (x86 pgtable.h)
-            is_leaf = level == PTE or (val & PSE and (level == PMD or (level == PUD and (
-                val & P or not self._follow))))
-            if is_leaf:
+            elif arch.is_leaf(val, level, self._follow):
                 j = i + 1
                 nxt = val + size
                 while j <= i1 and arr[j] == nxt:
                     j += 1
                     nxt += size
-                if level != PTE and val & P and (x86.entry_pa(val, level, (1 << 64) - 1)
-                                     != val & x86.PTE_PFN_MASK & ~x86.PAT_LARGE):
+                if arch.misaligned(val, level):
                     self._error(level, canon(va), pa, f"misaligned huge page entry 0x{val:x}")
                 else:
-                    on_leaf(level, canon(va), (j - i) << shift, val, _eff(eff, val, first))
+                    self._on_leaf(level, canon(va), (j - i) << shift, val,
+                                  arch.effective(eff, val, level == arch.top))
                 i = j
-                continue
-            i += 1
-            if not val & P:
-                if not self._follow:
-                    if on_hole:
-                        on_hole(level, canon(va), size)
-                    continue
-                if level >= PUD:
-                    continue   # pagewalk: !pud/pmd_present -> neither noted nor descended
-                child = val & x86.PTE_PFN_MASK & self.phys_mask   # p4d_pgtable(): no un-invert
-            elif val & PSE and level < PUD:
-                self._error(level, canon(va), pa, f"PS bit set at {x86.LEVEL_NAMES[level]} (reserved)")
-                continue
             else:
-                child = x86.entry_pa(val, level, self.phys_mask)
-            if child in path:
-                self._error(level, canon(va), pa, f"table loop back to PA 0x{child:x}")
-                continue
-            served = self._served.setdefault(child, va << 3 | clevel)
-            if served != va << 3 | clevel and not self._serve_again(child, va << 3 | clevel):
-                self._shared_subtree(level, va, pa, child, served)
-                continue
-            clo, chi = max(lo, va), min(hi, va + size)
-            self._table(level + 1, child, va, clo, chi, _eff(eff, val, first), path + (child,),
-                        on_leaf, on_hole)
-        if pend:
-            on_leaf(clevel, canon(pva), pn, pv0, peff)
+                self._descend(level, pa, val, va, (max(lo, va), min(hi, va + size)), eff, path)
+                i += 1
 
-    def _canon(self, u: int) -> int:
-        return x86.canonical(u, self.levels)
+    def _linear_children(self, level: int, arr: memoryview, base: int, i: int, stop: int,
+                         eff: int, path: tuple[int, ...]) -> int:
+        """Entries ``i..stop`` that point at whole linear leaf tables (the bulk of any big
+        mapping), decided without a call per child table; consecutive ones are reported as
+        one run.  Returns the first entry not decided so (the per-entry path's)."""
+        arch = self.arch
+        size = 1 << self._shifts[level]
+        clevel = level + 1
+        pfn, flags, tmask, tbits = arch.pfn_mask, arch.flags_mask, arch.table_mask, arch.table_bits
+        leaf_run, test, path_eff = self.reader.leaf_run, self.linear, arch.effective
+        pend = False
+        pva = pv0 = pn = peff = pflags = 0
+        while i <= stop:
+            val = arr[i]
+            if val & tmask != tbits:
+                break
+            child = val & pfn
+            try:
+                v0 = leaf_run(child, clevel, test)     # memoised
+            except TableFault:
+                break      # walked the ordinary way, which records the fault
+            if not v0 or self._budget <= 0 or child in path:
+                break
+            self._budget -= 1
+            # same table-entry flags -> same effective protection for the child
+            if pend and pv0 + pn == v0 and pflags == val & flags:
+                pn += size
+            else:
+                if pend:
+                    self._on_leaf(clevel, arch.canonical(pva), pn, pv0, peff)
+                pend, pva, pv0, pn = True, base + (i << self._shifts[level]), v0, size
+                pflags = val & flags
+                peff = path_eff(path_eff(eff, val, level == arch.top), v0, False)
+            i += 1
+        if pend:
+            self._on_leaf(clevel, arch.canonical(pva), pn, pv0, peff)
+        return i
+
+    def _descend(self, level: int, pa: int, val: int, va: int, span: tuple[int, int],
+                 eff: int, path: tuple[int, ...]) -> None:
+        """Walk the part ``span`` of the table the entry ``val`` (mapping ``va``) points at,
+        unless it is not present, reserved, a loop, or a subtree already walked enough."""
+        arch = self.arch
+        if val & self._tmask == self._tbits:        # the common case: a table pointer
+            child = val & arch.pfn_mask
+        elif arch.present(val):
+            bad = arch.table_problem(val, level)
+            if bad:
+                self._error(level, arch.canonical(va), pa, bad)
+                return
+            child = arch.entry_pa(val, level)
+        elif not self._follow:
+            if self._on_hole:
+                self._on_hole(level, arch.canonical(va), 1 << self._shifts[level])
+            return
+        else:
+            child = arch.nonpresent_child(val, level)
+            if child is None:
+                return
+        if child in path:
+            self._error(level, arch.canonical(va), pa, f"table loop back to PA 0x{child:x}")
+            return
+        tag = va << 3 | (level + 1)
+        served = self._served.setdefault(child, tag)
+        if served != tag and not self._serve_again(child, tag):
+            self._shared_subtree(level, va, pa, child, served)
+            return
+        self._table(level + 1, child, va, span[0], span[1],
+                    arch.effective(eff, val, level == arch.top), path + (child,))
 
     def _serve_again(self, child: int, tag: int) -> bool:
         """Whether the table at ``child``, already walked elsewhere, may be walked for
@@ -340,9 +300,8 @@ class Walker:
             return True
         return False
 
-    @staticmethod
-    def _limit(tag: int) -> int:
-        return MAX_SERVED_LEAF if tag & 7 == x86.PTE else MAX_SERVED
+    def _limit(self, tag: int) -> int:
+        return MAX_SERVED_LEAF if tag & 7 == self._last_level else MAX_SERVED
 
     def _shared_subtree(self, level: int, va: int, pa: int, child: int, served: int) -> None:
         """Record a table entry whose child table was already walked for ``MAX_SERVED``
@@ -354,17 +313,17 @@ class Walker:
             idx, n, msg = rec
             self._shared[key] = (idx, n + 1, msg)
             e = self.errors[idx]
-            self.errors[idx] = WalkError(e.level, e.va, e.table_pa, f"{msg} ({n + 1} entries)")
+            self.errors[idx] = replace(e, message=f"{msg} ({n + 1} entries)")
             return
         msg = (f"shared subtree: table at PA 0x{child:x} already walked for "
                f"{self._limit(served)} VAs "
-               f"(first as the {x86.LEVEL_NAMES[served & 7]} table for "
-               f"0x{self._canon(served >> 3):016x}); not walked again")
+               f"(first as the {self.arch.level_names[served & 7]} table for "
+               f"0x{self.arch.canonical(served >> 3):016x}); not walked again")
         self._shared[key] = (len(self.errors), 1, msg)
-        self._error(level, self._canon(va), pa, msg)
+        self._error(level, self.arch.canonical(va), pa, msg)
 
     def _error(self, level: int, va: int, table_pa: int, msg: str) -> None:
-        self.errors.append(WalkError(level, va, table_pa, msg))
+        self.errors.append(WalkError(level, va, table_pa, msg, self.arch.level_names[level]))
 
 
 @dataclass(frozen=True)
@@ -375,28 +334,31 @@ class Extent:
     pa: int
     size: int
     level: int
-    val: int      # the first entry (flags are the same for the whole extent)
-    eff: int      # effective protection through upper levels
+    val: int        # the first entry (flags are the same for the whole extent)
+    eff: int        # effective protection through upper levels
+    page_size: int
+    flags: int      # the leaf's flag bits (``Arch.leaf_flags``)
 
-    @property
-    def page_size(self) -> int:
-        return x86.level_size(self.level)
-
-    @property
-    def flags(self) -> int:
-        return self.val & x86.PTE_FLAGS_MASK & ~(x86.PAT_LARGE if self.level != PTE else 0)
+    def clipped(self, va: int, size: int) -> Optional[Extent]:
+        """This extent cut to ``[va, va + size)`` (a 2 MiB leaf may start before a 4 KiB
+        range), or None when they do not meet."""
+        lo, hi = max(self.va, va), min(self.va + self.size, va + size)
+        if lo >= hi:
+            return None
+        return Extent(lo, self.pa + (lo - self.va), hi - lo, self.level, self.val, self.eff,
+                      self.page_size, self.flags)     # not dataclasses.replace(): 10x slower
 
 
 def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Extent]:
     """Present leaves of ``[start, end)`` merged across tables into ``Extent`` records."""
     runs: list[list[int]] = []      # [va, pa, size, level, val, eff], mutable while merging
-    mask = walker.phys_mask
-    flags = x86.PTE_FLAGS_MASK
+    arch = walker.arch
+    flags = arch.flags_mask
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
-        if not val & P:
+        if not arch.present(val):
             return
-        pa = x86.entry_pa(val, level, mask)
+        pa = arch.entry_pa(val, level)
         if runs:
             r = runs[-1]
             if (r[0] + r[2] == va and r[1] + r[2] == pa and r[3] == level
@@ -406,4 +368,4 @@ def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Exte
         runs.append([va, pa, size, level, val, eff])
 
     walker.walk(root_pa, start, end, leaf)
-    return (Extent(*r) for r in runs)
+    return (Extent(*r, arch.level_size(r[3]), arch.leaf_flags(r[4], r[3])) for r in runs)

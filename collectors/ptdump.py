@@ -1,8 +1,10 @@
 """Render a table tree exactly like the kernel's ``/sys/kernel/debug/page_tables/*``.
 
-This re-implements ``note_page()``/``printk_prot()`` of ``arch/x86/mm/dump_pagetables.c``
-(v5.6+ generic ptdump) on top of our walker, so engineers can ``diff`` our output against
-the kernel's own.  The walker reports coalesced runs; the kernel reports every entry.  The
+This re-implements ``note_page()`` of ``arch/x86/mm/dump_pagetables.c`` (the generic
+ptdump since v5.6, "x86: mm: convert dump_pagetables to use walk_page_range") on top of our
+walker, with the architecture's ``printk_prot()``, walk ranges and fallback markers taken
+from the walker's ``Arch`` object, so engineers can ``diff`` our output against the
+kernel's own.  The walker reports coalesced runs; the kernel reports every entry.  The
 two print the same lines because a run has one set of flags, except where the kernel
 would notice a marker boundary at an entry inside a run: runs are split there, one entry
 at a time while a marker is pending, just as the kernel's per-entry calls would.
@@ -17,10 +19,9 @@ from typing import Optional
 
 import drgn
 
-from . import x86
-from .kernel import EFI_VA_END, START_KERNEL_MAP, KernelFacts, lookup
+from .arch import Arch
+from .kernel import KernelFacts, lookup
 from .pagetable import Walker
-from .x86 import G, NX, P, PAT_4K, PAT_LARGE, PCD, PSE, PWT, RW, US
 
 _UNITS = "BKMGTPE"
 _END = 1 << 64
@@ -35,7 +36,8 @@ class Marker:
 
 
 def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
-    """The kernel's ``address_markers`` (exact), or a v6.1-shaped fallback."""
+    """The kernel's ``address_markers`` (exact), or the architecture's v6.1-shaped
+    fallback."""
     arr = lookup(prog, "address_markers")
     if arr is not None:
         out = []
@@ -49,53 +51,17 @@ def kernel_markers(prog: drgn.Program, facts: KernelFacts) -> list[Marker]:
             if name is None and m.start_address.value_() == _END - 1:
                 break
         return out
-    l5 = facts.levels == 5
-    shift = 48 if l5 else 39
-    vals = {n: lookup(prog, n) for n in ("vmalloc_base", "vmemmap_base")}
-    markers = [
-        Marker(0, "User Space"), Marker(1 << 63, "Kernel Space"),
-        Marker((-(112 if l5 else 240) << shift) & (_END - 1), "LDT remap"),
-        Marker(facts.page_offset_base, "Low Kernel Mapping"),
-        Marker(vals["vmalloc_base"].value_() if vals["vmalloc_base"] is not None else 0,
-               "vmalloc() Area"),
-        Marker(vals["vmemmap_base"].value_() if vals["vmemmap_base"] is not None else 0,
-               "Vmemmap"),
-        Marker(0xFFFFFE0000000000, "CPU entry Area"),
-        Marker(0xFFFFFF0000000000, "ESPfix Area", 16),
-        Marker(EFI_VA_END, "EFI Runtime Services"),
-        Marker(START_KERNEL_MAP, "High Kernel Mapping"),
-        Marker(0xFFFFFFFFC0000000, "Modules"), Marker(0xFFFFFFFFFF000000, "End Modules"),
-        Marker(0xFFFFFFFFFF5FF000, "Fixmap Area"), Marker(_END - 1, None),
-    ]
-    # A base this kernel does not have (0) would reorder the markers: leave it out.
-    return [markers[0]] + [m for m in markers[1:] if m.start]
-
-
-def walk_ranges(levels: int) -> list[tuple[int, int]]:
-    """The two ranges x86 ptdump walks: the user half, and past the guard hole."""
-    if levels == 5:
-        return [(0, 1 << 56), (0xFF10000000000000, _END)]
-    return [(0, 1 << 47), (0xFFFF880000000000, _END)]
-
-
-def prot_columns(pr: int, level: int) -> str:
-    """``printk_prot()``: fixed-width flag columns then the level name."""
-    if not pr & P:
-        return " " * 30 + x86.LEVEL_NAMES[level]
-    cols = ["USR " if pr & US else "    ", "RW " if pr & RW else "ro ",
-            "PWT " if pr & PWT else "    ", "PCD " if pr & PCD else "    ",
-            "PSE " if level <= 3 and pr & PSE else "    ",
-            "PAT " if (level == 4 and pr & PAT_4K) or (level in (2, 3) and pr & PAT_LARGE)
-            else "    ",
-            "GLB " if pr & G else "    ", "NX " if pr & NX else "x  "]
-    return "".join(cols) + x86.LEVEL_NAMES[level]
+    vals = [lookup(prog, n) for n in ("vmalloc_base", "vmemmap_base")]
+    bases = [v.value_() if v is not None else 0 for v in vals]
+    return [Marker(*m) for m in facts.arch.fallback_markers(facts.page_offset_base, *bases)]
 
 
 class _State:
     """``struct pg_state`` and ``note_page()``."""
 
-    def __init__(self, markers: list[Marker]) -> None:
+    def __init__(self, markers: list[Marker], arch: Arch) -> None:
         self.markers = markers
+        self.arch = arch
         self.mi = 0
         self.level = -1
         self.prot = self.eff = 0
@@ -107,7 +73,7 @@ class _State:
         return self.markers[self.mi + 1].start if self.mi + 1 < len(self.markers) else _END
 
     def note(self, addr: int, level: int, val: int, eff: int) -> None:
-        new_prot = val & x86.PTE_FLAGS_MASK
+        new_prot = val & self.arch.flags_mask
         new_eff = eff if val else 0
         if self.level == -1:
             self.prot, self.eff, self.level, self.mi, self.nlines = new_prot, new_eff, level, 0, 0
@@ -123,7 +89,7 @@ class _State:
                 delta >>= 10
                 u += 1
             self.out.append(f"0x{self.start:016x}-0x{addr:016x}   {delta:9d}{_UNITS[u]} "
-                            + prot_columns(self.prot, self.level))
+                            + self.arch.prot_columns(self.prot, self.level))
         self.nlines += 1
         if addr >= nm:
             if m.max_lines and self.nlines > m.max_lines:
@@ -153,20 +119,19 @@ class _State:
 
 def render(walker: Walker, root_pa: int, markers: list[Marker]) -> list[str]:
     """The kernel-format dump of the table tree at ``root_pa``."""
-    st = _State(markers)
+    arch = walker.arch
+    st = _State(markers, arch)
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
-        st.run(level, va, size, val, eff, x86.level_size(level))
-
-    folded = walker.levels == 4
+        st.run(level, va, size, val, eff, arch.level_size(level))
 
     def hole(level: int, va: int, size: int) -> None:
-        # real_depth() in mm/pagewalk.c: with the p4d folded (PTRS_PER_P4D == 1) a hole
-        # in the top table is reported at depth 0, "pgd".
-        st.run(x86.PGD if folded and level == x86.P4D else level, va, size, 0, 0,
-               x86.level_size(level))
+        # real_depth() in mm/pagewalk.c: with the levels above the root folded (x86's
+        # 4-level p4d table, PTRS_PER_P4D == 1) a hole in the root is reported at depth
+        # 0, "pgd".
+        st.run(0 if level == arch.top else level, va, size, 0, 0, arch.level_size(level))
 
-    for lo, hi in walk_ranges(walker.levels):
+    for lo, hi in arch.ptdump_ranges():
         walker.walk(root_pa, lo, hi, leaf, hole, follow_nonpresent=True)
     st.note(0, -1, 0, 0)   # "Flush out the last page"
     return st.out

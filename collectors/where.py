@@ -11,7 +11,6 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import x86
 from .kernel import KernelFacts
 from .mm import AddressSpace
 from .pagetable import Walker
@@ -29,11 +28,11 @@ class Hit:
     area: str                # the kernel's address marker for va ("Low Kernel Mapping", ...)
 
 
-def _area(markers: list[Marker], va: int) -> str:
+def _area(markers: list[Marker], va: int, user_end: int) -> str:
     starts = [m.start for m in markers]
     i = bisect.bisect_right(starts, va) - 1
     name = markers[i].name if i >= 0 else None
-    if va < 1 << 47 or name == "User Space":
+    if va < user_end or name == "User Space":
         return "user half (1:1 when VA == PA)"
     return name or "?"
 
@@ -46,22 +45,23 @@ def reverse(walker: Walker, facts: KernelFacts, space: AddressSpace, pas: list[i
         return []
     want = sorted(set(pas))
     hits: list[Hit] = []
+    arch = walker.arch
+    user, kernel = arch.halves()
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
-        if not val & x86.P:
+        if not arch.present(val):
             return
-        base = x86.entry_pa(val, level, walker.phys_mask)
+        base = arch.entry_pa(val, level)
         i = bisect.bisect_left(want, base)
         while i < len(want) and want[i] < base + size:
             pa = want[i]
             va_hit = va + (pa - base)
-            hits.append(Hit(space.name, pa, va_hit, x86.level_size(level),
-                            facts.cache.mode(val, level), x86.perm_string(eff),
-                            _area(markers, va_hit)))
+            hits.append(Hit(space.name, pa, va_hit, arch.level_size(level),
+                            arch.cache_mode(val, level), arch.perms(eff),
+                            _area(markers, va_hit, user[1])))
             i += 1
 
-    top = 1 << (56 if facts.levels == 5 else 47)
-    for lo, hi, half in ((0, top, "user"), (x86.canonical(top, facts.levels), 1 << 64, "kernel")):
+    for (lo, hi), half in ((user, "user"), (kernel, "kernel")):
         progress(f"walking {space.name} ({half} half)")
         walker.walk(space.root_pa, lo, hi, leaf)
     return sorted(hits, key=lambda h: (h.pa, h.va))

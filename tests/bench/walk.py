@@ -61,7 +61,7 @@ def _pages_read(prog, facts, spaces, ranges) -> list[int]:
         seen[pa] = None
         return prog.read(pa, n, True)
 
-    w = Walker(TableReader(read), facts.levels, facts.phys_mask)
+    w = Walker(TableReader(read), facts.arch)
     Checker(facts, spaces, w).check(ranges)
     assert w.reader.reads == len(seen), "a table page was read twice"
     return list(seen)
@@ -127,9 +127,11 @@ def _interleaved(prog, facts, spaces, ranges, touched: list[int],
         for pa in touched:
             memoryview(prog.read(pa, 4096, True)).cast("Q")
 
+    test = linear.Linear(facts.arch)
+
     def tested():
         for pa in touched:
-            linear.whole(prog.read(pa, 4096, True), leaf)
+            test.whole(prog.read(pa, 4096, True), leaf)
 
     times: tuple[list[float], ...] = ([], [], [])
     for _ in range(7):
@@ -170,7 +172,7 @@ def bench_full(page: int) -> None:
 
     def walk():
         nonlocal leaves
-        w = Walker(TableReader(lambda pa, n: prog.read(pa, n, True)), 4, facts.phys_mask)
+        w = Walker(TableReader(lambda pa, n: prog.read(pa, n, True)), facts.arch)
         ex = list(extents(w, k.init_root, k.pob, k.pob + size))
         leaves = sum(e.size // e.page_size for e in ex)
         assert len(ex) == 1 and not w.errors

@@ -14,6 +14,8 @@ from mmrwatch.collectors.ranges import DIRECT, Expectation, Range
 from mmrwatch.collectors.target import Target
 from tests.synth import KERNEL, SynthKernel
 
+ARCH = x86.X86_64(4, (1 << 52) - 1)
+
 
 def _kernel() -> SynthKernel:
     k = SynthKernel(ram_mib=16)
@@ -32,7 +34,7 @@ def test_cancel_between_table_reads():
         if len(reads) == 3:
             cancel.set()                   # as SIGTERM's handler does, from another thread
         return prog.read(pa, n, True)
-    w = Walker(TableReader(read, deadline=Deadline(None, cancel)), 4, (1 << 52) - 1)
+    w = Walker(TableReader(read, deadline=Deadline(None, cancel)), ARCH)
     with pytest.raises(WalkCancelled):
         list(extents(w, k.init_root, k.pob, k.pob + len(k.ram)))
     assert len(reads) == 3                 # not one read more
@@ -52,12 +54,12 @@ def test_cancel_reaches_a_walk_that_reads_nothing():
     prog = k.program()
     cancel = threading.Event()
     r = TableReader(lambda pa, n: prog.read(pa, n, True), deadline=Deadline(None, cancel))
-    w = Walker(r, 4, (1 << 52) - 1)
+    w = Walker(r, ARCH)
     list(extents(w, k.init_root, k.pob, k.pob + (1 << 30)))       # warm: every page cached
     n = r.reads
     cancel.set()
     with pytest.raises(WalkCancelled):
-        list(extents(Walker(r, 4, (1 << 52) - 1), k.init_root, k.pob, k.pob + (1 << 30)))
+        list(extents(Walker(r, ARCH), k.init_root, k.pob, k.pob + (1 << 30)))
     assert r.reads == n
     assert r.deadline.cancel is cancel
 
@@ -66,7 +68,7 @@ def test_plain_deadline_still_times_out():
     k = _kernel()
     prog = k.program()
     w = Walker(TableReader(lambda pa, n: prog.read(pa, n, True),
-                           deadline=time.monotonic() - 1), 4, (1 << 52) - 1)
+                           deadline=time.monotonic() - 1), ARCH)
     with pytest.raises(WalkTimeout) as e:
         list(extents(w, k.init_root, k.pob, k.pob + len(k.ram)))
     assert not isinstance(e.value, WalkCancelled)

@@ -165,8 +165,7 @@ def test_walk_budget_bounds_a_pathological_tree():
         k.map(k.init_root, va + i * (1 << 21), 0, 4096)   # 64 PTE tables
     prog = k.program()
     facts = kernel.read_facts(prog)
-    w = Walker(TableReader(lambda pa, n: prog.read(pa, n, True)), 4, facts.phys_mask,
-               max_tables=10)
+    w = Walker(TableReader(lambda pa, n: prog.read(pa, n, True)), facts.arch, max_tables=10)
     list(extents(w, k.init_root, va, va + (1 << 30)))
     assert any("budget" in e.message for e in w.errors)
 
