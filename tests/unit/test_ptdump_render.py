@@ -63,8 +63,8 @@ def test_a_markers_max_lines_cuts_its_listing():
 def test_user_and_pat_columns():
     """USR for a user page; PAT is bit 7 in a pte and bit 12 in a large page."""
     none = "    "                             # an unset column: 4 wide
-    assert ptdump.prot_columns(x86.P | x86.US | x86.RW | x86.PAT_4K, x86.PTE) == \
+    assert x86.X86_64.prot_columns(x86.P | x86.US | x86.RW | x86.PAT_4K, x86.PTE) == \
         "USR " + "RW " + none * 3 + "PAT " + none + "x  " + "pte"
-    assert ptdump.prot_columns(x86.P | x86.PSE | x86.PAT_LARGE, x86.PMD) == \
+    assert x86.X86_64.prot_columns(x86.P | x86.PSE | x86.PAT_LARGE, x86.PMD) == \
         none + "ro " + none * 2 + "PSE " + "PAT " + none + "x  " + "pmd"
-    assert ptdump.prot_columns(0, x86.PUD) == " " * 30 + "pud"
+    assert x86.X86_64.prot_columns(0, x86.PUD) == " " * 30 + "pud"
