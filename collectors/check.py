@@ -16,9 +16,7 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, WalkError, Walker, extents
 from .ranges import STATE, Expectation, Range, human_size, va_span_problem
-
-OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
-SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
+from .vocab import CRITICAL, INFO, OK, SEVERITY_ORDER, WARNING  # noqa: F401 - re-exported
 
 
 @dataclass
