@@ -20,13 +20,13 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 import mmrwatch
 
+from .exits import LABELS
 from .monitor import Health
 from .snapshot import RangeState, Snapshot
 
 NS = "mmrwatch"
 COLLECTOR = "pgtable"
-ERROR_KINDS = ("starting", "noinput", "permission", "debuginfo", "data", "timeout", "config",
-               "internal")
+ERROR_KINDS = LABELS          # collector_error{kind}: one series per label, always present
 CACHED = " (cached from the last successful check)"
 State = Callable[[], tuple[Health, Optional[Snapshot]]]
 

@@ -31,7 +31,7 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, MM_ALIASES
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
                      cache_set, va_for, va_span_problem)
-from .errors import RangesError, one_line
+from .errors import DATA, NOINPUT, RangesError, one_line
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
@@ -108,7 +108,7 @@ def _read(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise RangesError(f"{path}: cannot read: {e.strerror or e}",
-                          missing=e.errno in _MISSING) from None
+                          NOINPUT if e.errno in _MISSING else DATA) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
