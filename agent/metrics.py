@@ -19,6 +19,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 
 import mmrwatch
+from mmrwatch.collectors.vocab import TABLE
 
 from .exits import LABELS
 from .monitor import Health
@@ -119,7 +120,7 @@ class MmrwatchCollector:
         m = _g("address_space_table", "1 if mm has a page table to check, 0 if it has none"
                + CACHED + ".", ["mm"])
         for mm in mms:
-            m.add_metric([mm], int(s.mms[mm] == "table"))
+            m.add_metric([mm], int(s.mms[mm] == TABLE))
         yield m
         m = _g("findings", "Findings of the last check by severity" + CACHED + ".", ["severity"])
         for sev, n in (sorted(s.findings.items()) if s else ()):

@@ -19,6 +19,7 @@ import drgn
 
 from . import faults
 from .kernel import KernelFacts, lookup
+from .vocab import NO_TABLE, TABLE
 
 INIT_MM, EFI_MM = "init_mm", "efi_mm"
 MM_ALIASES = {"kernel": INIT_MM, "init_mm": INIT_MM, "efi": EFI_MM, "efi_mm": EFI_MM}
@@ -49,7 +50,7 @@ class AddressSpace:
 
     @property
     def state(self) -> str:
-        return "table" if self.has_table else "no-table"
+        return TABLE if self.has_table else NO_TABLE
 
 
 def init_mm(prog: drgn.Program, facts: KernelFacts) -> AddressSpace:

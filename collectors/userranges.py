@@ -32,6 +32,7 @@ from .mm import EFI_MM, INIT_MM, MM_ALIASES
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
                      cache_set, va_for, va_span_problem)
 from .errors import DATA, NOINPUT, RangesError, one_line
+from .vocab import SOURCE_CONFIG
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
@@ -237,6 +238,6 @@ def to_ranges(specs: list[dict[str, Any]], facts: KernelFacts,
                     mm, rule, va, cache, s["writable"], s["executable"], s["required"],
                     shared_from=INIT_MM if (mm == EFI_MM and rule == DIRECT) else None,
                     why=unmet or "configured in the ranges file", unmet=unmet))
-        out.append(Range(s["name"], s["start"], s["size"], "config", "configured",
+        out.append(Range(s["name"], s["start"], s["size"], SOURCE_CONFIG, "configured",
                          expectations=tuple(exps)))
     return out
