@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import mmrwatch
-from mmrwatch.collectors.errors import MmrwatchError
+from mmrwatch.collectors.errors import MmrwatchError, bug_line
 from mmrwatch.collectors.vocab import INTERNAL, USAGE
 
 from . import exits
@@ -311,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug: one line unless asked
         if debug:
             raise
-        print(f"mmrwatch: internal error: {_first_line(e)} (rerun with --debug)", file=sys.stderr)
+        print(f"mmrwatch: internal error: {bug_line(e)} (rerun with --debug)", file=sys.stderr)
         return exits.OUTCOMES[INTERNAL].exit
 
 
@@ -342,12 +342,8 @@ def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> in
     except Exception as e:
         if debug:
             raise
-        msg = f"internal error: {_first_line(e)}"
+        msg = f"internal error: {bug_line(e)}"
     from .nagios import line     # here: `check --help` needs neither it nor drgn
     print(line(code, msg))
     return code
 
-
-def _first_line(e: BaseException) -> str:
-    """An unexpected exception (a bug) as its type and the first line of its message."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

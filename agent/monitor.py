@@ -19,7 +19,7 @@ import psutil
 
 from mmrwatch.collectors import engine
 from mmrwatch.collectors.deadline import Deadline, WalkCancelled
-from mmrwatch.collectors.errors import MmrwatchError
+from mmrwatch.collectors.errors import MmrwatchError, bug_line
 from mmrwatch.collectors.target import Target
 from mmrwatch.collectors.vocab import INTERNAL, STARTING
 
@@ -98,7 +98,7 @@ class Monitor:
             # (usage and oserr have no label: only serve's startup raises them)
             kind, err = exits.outcome(e, daemon=True).label or INTERNAL, str(e)
         except Exception as e:  # a walk must never take the daemon down
-            kind, err = INTERNAL, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            kind, err = INTERNAL, bug_line(e)
             log.debug("check failed", exc_info=True)
         cpu = time.thread_time() - c0
         ok = not kind

@@ -53,6 +53,12 @@ class CheckTimeout(MmrwatchError):
         super().__init__(TIMEOUT, f"check did not finish within {seconds:g} s")
 
 
+def bug_line(e: BaseException) -> str:
+    """An exception that is no ``MmrwatchError`` (a bug: kind ``internal``) as the one line
+    the CLI, the plugin and the daemon show: its type and its message's first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` as one printable line for a message: every character that is not printable
     (newlines, escapes, NUL, an undecodable byte's surrogate) shown as a Python escape
