@@ -19,6 +19,8 @@ from mmrwatch.collectors.x86 import perm_string
 from mmrwatch.collectors.vocab import (CRITICAL, HUBLESS, INFO, NOT_UV_HW, NOT_UV_KERNEL, OK,
                                        UNREADABLE, WARNING)
 
+from .exits import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING
+
 SCHEMA_VERSION = 1
 
 
@@ -250,4 +252,4 @@ def as_json(res: CheckResult, crash: Crash | None = None) -> str:
 
 def exit_status(res: CheckResult) -> int:
     """0 nothing wrong, 1 warnings only, 2 critical findings."""
-    return {OK: 0, INFO: 0, WARNING: 1, CRITICAL: 2}[res.verdict]
+    return {OK: EXIT_OK, INFO: EXIT_OK, WARNING: EXIT_WARNING, CRITICAL: EXIT_CRITICAL}[res.verdict]
