@@ -10,7 +10,7 @@ from mmrwatch.collectors import engine, vocab
 from mmrwatch.collectors.deadline import Deadline
 from mmrwatch.collectors.errors import CheckTimeout, MmrwatchError, RangesError, TargetError
 from mmrwatch.collectors.target import Target
-from tests.unit.test_uv import _uv
+from tests.synth import SynthKernel
 
 # The contract, written out (not derived from the table): kind -> (exit, label, Nagios).
 CONTRACT = {
@@ -50,14 +50,17 @@ def test_a_ranges_file_error_is_its_kind_in_report_and_config_in_the_daemon(kind
     assert exits.outcome(t, daemon=True) == exits.outcome(t) == exits.OUTCOMES[kind]
 
 
-def _target(k) -> Target:
+def _target() -> Target:
+    """A small synthetic kernel (no UV, direct map only), live so that confirm re-walks."""
+    k = SynthKernel(ram_mib=32)
+    k.direct_map_ram()
     return Target(k.program(), "synth", True, "synth", None, None)
 
 
 def test_the_monitor_labels_a_ranges_file_broken_on_reload_config():
     def sources():
         raise RangesError("ranges.toml: not valid TOML", vocab.DATA)
-    t = _target(_uv("UV4", 1))
+    t = _target()
     m = Monitor(lambda: t, sources, 300, 30)
     m.run_once()
     h, snap = m.state
@@ -66,7 +69,7 @@ def test_the_monitor_labels_a_ranges_file_broken_on_reload_config():
 
 
 def test_the_plugin_and_the_daemon_time_out_with_the_same_line(monkeypatch, capsys):
-    t = _target(_uv("UV4", 1))
+    t = _target()
     monkeypatch.setattr(targetopts, "open_target", lambda args: t)
     assert cli.main(["check", "--timeout", "1e-9"]) == 3
     assert capsys.readouterr().out == "MMRWATCH UNKNOWN - check did not finish within 1e-09 s\n"
@@ -77,7 +80,7 @@ def test_the_plugin_and_the_daemon_time_out_with_the_same_line(monkeypatch, caps
 
 
 def test_the_plugin_judges_a_healthy_kernel_ok(monkeypatch):
-    t = _target(_uv("UV4", 2))
+    t = _target()
     monkeypatch.setattr(targetopts, "open_target", lambda args: t)
     args = cli.build_parser().parse_args(["check"])
     code, out = nagios.run(args)
