@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import mmrwatch
+from mmrwatch.collectors.errors import MmrwatchError, bug_line
+from mmrwatch.collectors.vocab import INTERNAL, USAGE
 
-EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
-EXIT_USAGE, EXIT_DATA, EXIT_NOINPUT, EXIT_DEBUGINFO = 64, 65, 66, 69
-EXIT_SOFTWARE, EXIT_OSERR, EXIT_PERMISSION, EXIT_CONFIG = 70, 71, 77, 78
+from . import exits
+from .exits import (EXIT_CONFIG, EXIT_CRITICAL, EXIT_DATA, EXIT_DEBUGINFO, EXIT_NOINPUT,
+                    EXIT_OK, EXIT_OSERR, EXIT_PERMISSION, EXIT_SOFTWARE, EXIT_USAGE, EXIT_WARNING)
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}   no problem found (report/ptdump produced)
@@ -37,8 +39,6 @@ privileges: /proc/kcore needs CAP_SYS_RAWIO (plus CAP_DAC_READ_SEARCH when not u
 is refused under lockdown=confidentiality; see systemd/mmrwatch.service.
 
 """
-_KIND_EXIT = {"noinput": EXIT_NOINPUT, "data": EXIT_DATA, "debuginfo": EXIT_DEBUGINFO,
-              "permission": EXIT_PERMISSION}
 
 
 EXAMPLES = {
@@ -65,11 +65,11 @@ EXAMPLES = {
 }
 
 
-class UsageError(Exception):
+class UsageError(MmrwatchError):
     """Bad command line; argparse's own exit code 2 would collide with CRITICAL."""
 
     def __init__(self, message: str, cmd: Optional[str] = None) -> None:
-        super().__init__(message)
+        super().__init__(USAGE, message)
         self.cmd = cmd               # the subcommand whose --help the hint names
 
 
@@ -155,10 +155,10 @@ def _debug_anywhere(*subparsers: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import serve
     try:
-        return serve.run(args, EXIT_USAGE, EXIT_CONFIG, EXIT_OSERR)
-    except serve.ServeError as e:
+        return serve.run(args)
+    except MmrwatchError as e:      # startup: bad flags, files or listeners
         print(f"mmrwatch: {e}", file=sys.stderr)
-        return e.code
+        return exits.outcome(e, daemon=True).exit
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -281,7 +281,6 @@ def _uv_annotation(t, ctx, mm_name: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mmrwatch.collectors.errors import RangesError, TargetError
     parser = build_parser()
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
@@ -299,15 +298,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _progress_done()
         print(e, file=sys.stderr)
         print(f"Try 'mmrwatch {e.cmd + ' ' if e.cmd else ''}--help'.", file=sys.stderr)
-        return EXIT_USAGE
-    except TargetError as e:
+        return exits.outcome(e).exit
+    except MmrwatchError as e:
         _progress_done()
         print(f"mmrwatch: {e}", file=sys.stderr)
-        return _KIND_EXIT[e.kind]
-    except RangesError as e:
-        _progress_done()
-        print(f"mmrwatch: {e}", file=sys.stderr)
-        return EXIT_NOINPUT if e.missing else EXIT_DATA
+        return exits.outcome(e).exit
     except KeyboardInterrupt:
         print("mmrwatch: interrupted", file=sys.stderr)
         return 130
@@ -316,9 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug: one line unless asked
         if debug:
             raise
-        print(f"mmrwatch: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-              " (rerun with --debug)", file=sys.stderr)
-        return EXIT_SOFTWARE
+        print(f"mmrwatch: internal error: {bug_line(e)} (rerun with --debug)", file=sys.stderr)
+        return exits.OUTCOMES[INTERNAL].exit
 
 
 def _unknown_options_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -338,17 +332,18 @@ def _unknown_options_first(parser: argparse.ArgumentParser, argv: list[str]) -> 
 
 def _plugin(parser: argparse.ArgumentParser, argv: list[str], debug: bool) -> int:
     """``check``: every failure to judge, usage errors included, is UNKNOWN (3), on stdout."""
-    from mmrwatch.collectors.errors import RangesError, TargetError
+    code = exits.OUTCOMES[INTERNAL].nagios
     try:
         return cmd_check(parser.parse_args(argv))
-    except (UsageError, TargetError, RangesError) as e:
-        msg = str(e).removeprefix("mmrwatch check: ")
+    except MmrwatchError as e:
+        code, msg = exits.outcome(e).nagios, str(e).removeprefix("mmrwatch check: ")
     except KeyboardInterrupt:
         msg = "interrupted"
     except Exception as e:
         if debug:
             raise
-        msg = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    from .nagios import UNKNOWN, line     # here: `check --help` needs neither it nor drgn
-    print(line(UNKNOWN, msg))
-    return UNKNOWN
+        msg = f"internal error: {bug_line(e)}"
+    from .nagios import line     # here: `check --help` needs neither it nor drgn
+    print(line(code, msg))
+    return code
+

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .exits import NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_UNKNOWN, NAGIOS_WARNING
+
 DEFAULT_LISTEN = "127.0.0.1:19864"
 PER_RANGE = ("mismatch", "all", "none")
 
@@ -70,11 +72,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the version (with Python's and drgn's) and exit")
 
 
-CHECK_EXIT_CODES = """exit codes (Nagios plugin API):
-  0  OK        every required range is mapped as required
-  1  WARNING   warnings only (e.g. efi_mm not yet re-synced since the last EFI call)
-  2  CRITICAL  a required range is missing, misdirected or mis-cached
-  3  UNKNOWN   could not check (bad usage, no /proc/kcore, permission, debug info, timeout)
+CHECK_EXIT_CODES = f"""exit codes (Nagios plugin API):
+  {NAGIOS_OK}  OK        every required range is mapped as required
+  {NAGIOS_WARNING}  WARNING   warnings only (e.g. efi_mm not yet re-synced since the last EFI call)
+  {NAGIOS_CRITICAL}  CRITICAL  a required range is missing, misdirected or mis-cached
+  {NAGIOS_UNKNOWN}  UNKNOWN   could not check (bad usage, no /proc/kcore, permission, debug info, timeout)
 """
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrwatch.collectors.ranges import human_size, segment_label
+from mmrwatch.collectors.vocab import TABLE
 
 
 def _cell(v: Any) -> str:
@@ -40,7 +41,7 @@ def render(doc: dict[str, Any]) -> str:
         out += _crash(crash)
     out += ["## Address spaces", ""] + _table(
         ["mm", "state", "root PA", "from / reason"],
-        [[n, s["state"], s["root_pa"], s["source"] if s["state"] == "table" else s["reason"]]
+        [[n, s["state"], s["root_pa"], s["source"] if s["state"] == TABLE else s["reason"]]
          for n, s in doc["address_spaces"].items()])
     rows = []
     for r in doc["ranges"]:

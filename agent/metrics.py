@@ -19,14 +19,15 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 
 import mmrwatch
+from mmrwatch.collectors.vocab import TABLE
 
+from .exits import LABELS
 from .monitor import Health
 from .snapshot import RangeState, Snapshot
 
 NS = "mmrwatch"
 COLLECTOR = "pgtable"
-ERROR_KINDS = ("starting", "noinput", "permission", "debuginfo", "data", "timeout", "config",
-               "internal")
+ERROR_KINDS = LABELS          # collector_error{kind}: one series per label, always present
 CACHED = " (cached from the last successful check)"
 State = Callable[[], tuple[Health, Optional[Snapshot]]]
 
@@ -119,7 +120,7 @@ class MmrwatchCollector:
         m = _g("address_space_table", "1 if mm has a page table to check, 0 if it has none"
                + CACHED + ".", ["mm"])
         for mm in mms:
-            m.add_metric([mm], int(s.mms[mm] == "table"))
+            m.add_metric([mm], int(s.mms[mm] == TABLE))
         yield m
         m = _g("findings", "Findings of the last check by severity" + CACHED + ".", ["severity"])
         for sev, n in (sorted(s.findings.items()) if s else ()):

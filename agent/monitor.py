@@ -18,11 +18,13 @@ from typing import Callable, Optional
 import psutil
 
 from mmrwatch.collectors import engine
-from mmrwatch.collectors.pagetable import Deadline, WalkCancelled, WalkTimeout
-from mmrwatch.collectors.target import Target, TargetError
-from mmrwatch.collectors.userranges import RangesError
+from mmrwatch.collectors.deadline import Deadline, WalkCancelled
+from mmrwatch.collectors.errors import MmrwatchError, bug_line
+from mmrwatch.collectors.target import Target
+from mmrwatch.collectors.vocab import INTERNAL, STARTING
 
-from .snapshot import Snapshot, from_result
+from . import exits, onecheck
+from .snapshot import Snapshot
 
 log = logging.getLogger("mmrwatch")
 
@@ -32,8 +34,8 @@ class Health:
     """How the collector itself is doing (always exported, even before the first success)."""
 
     success: bool = False
-    error_kind: str = "starting"   # "" when fine; noinput|permission|debuginfo|data|timeout|
-    error: str = "no check run yet"  # walk|config|internal otherwise
+    error_kind: str = STARTING     # "" when fine, else a collector_error label (exits.LABELS)
+    error: str = "no check run yet"
     runs: int = 0
     failures: int = 0
     unconfirmed_total: int = 0
@@ -86,26 +88,17 @@ class Monitor:
         try:
             if self._sources is None:
                 self._sources = self.sources_fn()
-            if self.target is None:
-                self.phase = "opening the kernel"
-                self.target = self.opener()
-            self.phase = "checking"
-            deadline = Deadline(t0 + self.timeout, self.stop_event)
-            deadline.check()                 # stopped while the kernel was being opened
-            res = engine.run_check(self.target, self._sources, deadline=deadline)
-            res = engine.confirm(res, deadline)
-            new_snap = from_result(res, t_wall, res.unconfirmed)
+            new_snap = onecheck.run(self._target, self._sources,
+                                    Deadline(t0 + self.timeout, self.stop_event), self.timeout,
+                                    t_wall)
         except WalkCancelled:
             log.debug("check cancelled after %.2f s", time.monotonic() - t0)
             return
-        except TargetError as e:
-            kind, err = e.kind, str(e)
-        except RangesError as e:
-            kind, err = "config", str(e)
-        except WalkTimeout:
-            kind, err = "timeout", f"check did not finish within {self.timeout:g} s"
+        except MmrwatchError as e:
+            # (usage and oserr have no label: only serve's startup raises them)
+            kind, err = exits.outcome(e, daemon=True).label or INTERNAL, str(e)
         except Exception as e:  # a walk must never take the daemon down
-            kind, err = "internal", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            kind, err = INTERNAL, bug_line(e)
             log.debug("check failed", exc_info=True)
         cpu = time.thread_time() - c0
         ok = not kind
@@ -120,6 +113,14 @@ class Monitor:
         self.state = (health, new_snap)      # one reference swap: readers see old or new
         self._log_change(health, new_snap if ok else None)
         self.on_cycle(self)
+
+    def _target(self) -> Target:
+        """The kernel, opened at the first check (and after none succeeded) and kept open."""
+        if self.target is None:
+            self.phase = "opening the kernel"
+            self.target = self.opener()
+        self.phase = "checking"
+        return self.target
 
     def reload(self) -> None:
         """Re-read configuration (the ranges file) at the next check, and run it now."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from mmrwatch.collectors.check import CRITICAL, WARNING
+from mmrwatch.collectors.vocab import CRITICAL, WARNING
 
-from .snapshot import Snapshot, from_result
+from .exits import NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_UNKNOWN, NAGIOS_WARNING
+from .snapshot import Snapshot
 
-OK_, WARN_, CRIT_, UNKNOWN = 0, 1, 2, 3
-LABEL = {OK_: "OK", WARN_: "WARNING", CRIT_: "CRITICAL", UNKNOWN: "UNKNOWN"}
+LABEL = {NAGIOS_OK: "OK", NAGIOS_WARNING: "WARNING", NAGIOS_CRITICAL: "CRITICAL",
+         NAGIOS_UNKNOWN: "UNKNOWN"}
 
 
 def line(code: int, text: str, snap: Snapshot | None = None) -> str:
@@ -30,24 +31,19 @@ def line(code: int, text: str, snap: Snapshot | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> tuple[int, str]:
-    """Run the check; return (exit code, output).  Raises the collectors' errors."""
+    """Run the check; return (exit code, output).  Raises ``MmrwatchError`` (the CLI makes
+    it UNKNOWN through ``exits``), a timeout included."""
     from mmrwatch.collectors import engine
+    from mmrwatch.collectors.deadline import Deadline
 
-    from . import targetopts
-    from mmrwatch.collectors.pagetable import WalkTimeout
+    from . import onecheck, targetopts
     sources = engine.default_sources(args.ranges)
-    t0 = time.time()
-    deadline = time.monotonic() + args.timeout
-    tgt = targetopts.open_target(args)
-    try:
-        res = engine.run_check(tgt, sources, deadline=deadline)
-        res = engine.confirm(res, deadline)
-    except WalkTimeout:
-        return UNKNOWN, line(UNKNOWN, f"check did not finish within {args.timeout:g} s")
-    snap = from_result(res, t0, res.unconfirmed)
-    code = {CRITICAL: CRIT_, WARNING: WARN_}.get(snap.verdict, OK_)
+    started, deadline = time.time(), Deadline(time.monotonic() + args.timeout)
+    snap = onecheck.run(lambda: targetopts.open_target(args), sources, deadline, args.timeout,
+                        started)
+    code = {CRITICAL: NAGIOS_CRITICAL, WARNING: NAGIOS_WARNING}.get(snap.verdict, NAGIOS_OK)
     text = snap.status_line()
-    if code != OK_:
+    if code != NAGIOS_OK:
         text = f"{snap.problem_ranges} of {len(snap.ranges)} ranges: {text}"
     details = "".join(f"\n{p}" for p in snap.problems)
     return code, line(code, text, snap) + details

@@ -9,13 +9,17 @@ import json
 from typing import Any
 
 import mmrwatch
-from mmrwatch.collectors.check import CRITICAL, OK, WARNING, Finding
+from mmrwatch.collectors.check import Finding
 from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.forensics import Crash
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
 from mmrwatch.collectors.ranges import human_size
 from mmrwatch.collectors import x86
 from mmrwatch.collectors.x86 import perm_string
+from mmrwatch.collectors.vocab import (CRITICAL, HUBLESS, INFO, NOT_UV_HW, NOT_UV_KERNEL, OK,
+                                       UNREADABLE, WARNING)
+
+from .exits import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING
 
 SCHEMA_VERSION = 1
 
@@ -153,12 +157,13 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
 
 
 def uv_line(s: dict) -> str:
-    text = {"not-uv-kernel": "not a UV kernel (no UV symbols)",
-            "uv-kernel-non-uv-hardware": "UV kernel on non-UV hardware (uv_system_type UV_NONE)",
-            "hubless": "hubless UV system: no hub MMRs are mapped"}
+    """The UV summary (``uv.UVSystem.summary()``) as one line, by its state."""
+    text = {NOT_UV_KERNEL: "not a UV kernel (no UV symbols)",
+            NOT_UV_HW: "UV kernel on non-UV hardware (uv_system_type UV_NONE)",
+            HUBLESS: "hubless UV system: no hub MMRs are mapped"}
     if s["state"] in text:
         return text[s["state"]]
-    if s["state"] == "unreadable":
+    if s["state"] == UNREADABLE:
         return f"UV state unreadable ({s.get('reason', '?')}): UV ranges not checked"
     return (f"hubbed {s['hub']} (revision {s['revision']}), {s['blades']} blade(s), "
             f"pnodes {s['min_pnode']}-{s['max_pnode']}")
@@ -247,4 +252,4 @@ def as_json(res: CheckResult, crash: Crash | None = None) -> str:
 
 def exit_status(res: CheckResult) -> int:
     """0 nothing wrong, 1 warnings only, 2 critical findings."""
-    return {OK: 0, "info": 0, WARNING: 1, CRITICAL: 2}[res.verdict]
+    return {OK: EXIT_OK, INFO: EXIT_OK, WARNING: EXIT_WARNING, CRITICAL: EXIT_CRITICAL}[res.verdict]

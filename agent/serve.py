@@ -23,6 +23,9 @@ import threading
 import time
 from typing import Optional
 
+from mmrwatch.collectors.errors import MmrwatchError
+from mmrwatch.collectors.vocab import CONFIG, OSERR, USAGE
+
 from . import metrics, systemd, textfile, web, webconfig
 from .cliopts import DEFAULT_LISTEN
 from .httpd import EventLog, HTTPServer
@@ -33,21 +36,15 @@ STOP_WAIT = 2.5      # seconds a stopping daemon waits for a check that is not c
 STOP_HARD = 4        # seconds after SIGTERM at which SIGALRM ends the process regardless
 
 
-class ServeError(Exception):
-    """Startup cannot proceed; ``code`` is the exit status (see the CLI's exit codes)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class ServeError(MmrwatchError):
+    """Startup cannot proceed: a usage, config or oserr *kind* (``exits`` has its code)."""
 
 
 class Daemon:
     """Wires the monitor to its outputs (HTTP, textfile, systemd) and to signals."""
 
-    def __init__(self, args: argparse.Namespace, exit_usage: int, exit_config: int,
-                 exit_oserr: int) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.codes = (exit_usage, exit_config, exit_oserr)
         self.stop = threading.Event()
         self.stopping_at: list[float] = []
         # before anything serves: a SIGTERM from here on is a clean, prompt stop
@@ -72,7 +69,7 @@ class Daemon:
             try:
                 textfile.check_target(args.textfile)
             except textfile.TextfileError as e:
-                raise ServeError(exit_oserr, str(e)) from None
+                raise ServeError(OSERR, str(e)) from None
         if http:
             self._listen()
 
@@ -81,7 +78,7 @@ class Daemon:
         try:
             return webconfig.load(self.args.web_config)
         except webconfig.WebConfigError as e:
-            raise ServeError(self.codes[1], str(e)) from None
+            raise ServeError(CONFIG, str(e)) from None
 
     def _listen(self) -> None:
         if self.args.systemd_socket:
@@ -91,7 +88,7 @@ class Daemon:
             try:
                 socks = systemd.listen_fds()
             except systemd.SocketActivationError as e:
-                raise ServeError(self.codes[2], str(e)) from None
+                raise ServeError(OSERR, str(e)) from None
             how = " (systemd socket)"
         else:
             socks, how = [], ""
@@ -102,8 +99,8 @@ class Daemon:
                     for s in socks:
                         s.close()
                     if isinstance(e, web.AddressError):
-                        raise ServeError(self.codes[0], str(e)) from None
-                    raise ServeError(self.codes[2], f"cannot listen on {addr}: "
+                        raise ServeError(USAGE, str(e)) from None
+                    raise ServeError(OSERR, f"cannot listen on {addr}: "
                                      f"{e.strerror or e}") from None
         self.server = web.serve(socks, self.registry, self.args.telemetry_path,
                                 lambda: self.web_cfg, self.events)
@@ -205,14 +202,13 @@ class Daemon:
         os._exit(0)
 
 
-def run(args: argparse.Namespace, exit_usage: int, exit_config: int, exit_oserr: int) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Validate the flags and files, then serve; a ``MmrwatchError`` when startup cannot
+    proceed (a ``RangesError`` as is: ``exits.outcome`` makes it a config error here)."""
     systemd.setup_logging(args.log_level, args.log_format)
     if args.interval <= 0 or args.timeout <= 0:
-        raise ServeError(exit_usage, "--interval and --timeout must be positive")
+        raise ServeError(USAGE, "--interval and --timeout must be positive")
     if args.ranges is not None:
         from mmrwatch.collectors import userranges
-        try:
-            userranges.load(args.ranges)
-        except userranges.RangesError as e:
-            raise ServeError(exit_config, str(e)) from None
-    return Daemon(args, exit_usage, exit_config, exit_oserr).run()
+        userranges.load(args.ranges)
+    return Daemon(args).run()

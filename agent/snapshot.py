@@ -8,11 +8,10 @@ a kernel virtual address (KASLR).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from mmrwatch.collectors.check import CRITICAL, OK, SEVERITY_ORDER, WARNING, Finding, worst
+from mmrwatch.collectors.check import Finding, worst
 from mmrwatch.collectors.engine import CheckResult
-
-# Statuses whose bytes are "not mapped at the VA the other side uses" (the 2016 failure).
-UNMAPPED_STATUSES = ("missing", "partial", "misdirected", "unreadable")
+from mmrwatch.collectors.vocab import (CRITICAL, DIVERGED, INFO, OK, SEVERITY_ORDER, STALE,
+                                       TABLE, UNMAPPED_STATUSES, WARNING, WRONG_CACHE)
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class Snapshot:
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the plugin output."""
         n = len(self.ranges)
-        if self.verdict in (OK, "info"):
+        if self.verdict in (OK, INFO):
             return f"{n} ranges mapped as required in {' and '.join(self.mm_names)}"
         more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         return f"{self.problems[0]}{more}"
@@ -98,9 +97,9 @@ def _range_state(rng, findings: list[Finding]) -> RangeState:
             stale.setdefault(mm, 0)
         if f.severity == CRITICAL and f.status in UNMAPPED_STATUSES:
             unmapped[mm] = max(unmapped[mm], f.missing_bytes + f.misdirected_bytes)
-        elif f.severity == CRITICAL and f.status == "wrong-cache":
+        elif f.severity == CRITICAL and f.status == WRONG_CACHE:
             wrong[mm] = max(wrong[mm], f.wrong_cache_bytes)
-        elif f.status in ("stale", "diverged"):     # efi_mm's copy is out of date
+        elif f.status in (STALE, DIVERGED):     # efi_mm's copy is out of date
             stale[mm] = max(stale.get(mm, 0), f.missing_bytes)
     sev = worst(f.severity for f in findings)
     return RangeState(rng.name, "" if rng.blade is None else str(rng.blade),
@@ -115,7 +114,7 @@ def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snaps
     problems = tuple(_line(f) for f in sorted(
         (f for f in res.findings if f.problem),
         key=lambda f: (-SEVERITY_ORDER[f.severity], f.range.phys, f.mm)))
-    mms = {name: ("table" if s.has_table else s.reason) for name, s in res.spaces.items()}
+    mms = {name: (TABLE if s.has_table else s.reason) for name, s in res.spaces.items()}
     info = res.target.debuginfo
     return Snapshot(started, res.seconds, res.verdict, states, problems, counts, unconfirmed,
                     res.facts.release, res.facts.levels, mms, dict(res.summaries.get("uv", {})),

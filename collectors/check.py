@@ -15,9 +15,9 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, AddressSpace
 from .pagetable import Extent, TableFault, WalkError, Walker, extents
 from .ranges import STATE, Expectation, Range, human_size, va_span_problem
-
-OK, INFO, WARNING, CRITICAL = "ok", "info", "warning", "critical"
-SEVERITY_ORDER = {OK: 0, INFO: 1, WARNING: 2, CRITICAL: 3}
+from .vocab import (CRITICAL, DIVERGED, INFO, MISDIRECTED, MISSING, OK,  # noqa: F401 - re-exported
+                    PARTIAL, SEVERITY_ORDER, SKIPPED, STALE, UNREADABLE, WARNING, WRONG_CACHE,
+                    WRONG_PERM)
 
 
 @dataclass
@@ -67,33 +67,33 @@ class Checker:
     def check_one(self, rng: Range, exp: Expectation) -> Finding:
         space = self.spaces[exp.mm]
         if exp.unmet and exp.rule == STATE:    # a source could not read its kernel state
-            return Finding(rng, exp, "unreadable", WARNING, exp.unmet)
+            return Finding(rng, exp, UNREADABLE, WARNING, exp.unmet)
         if not space.has_table:
             if space.unreadable:               # the root itself: the kernel state is corrupt
-                return Finding(rng, exp, "unreadable", WARNING, space.reason,
+                return Finding(rng, exp, UNREADABLE, WARNING, space.reason,
                                missing_bytes=rng.size)
-            return Finding(rng, exp, "skipped", INFO, f"{exp.mm} has no page table: {space.reason}",
+            return Finding(rng, exp, SKIPPED, INFO, f"{exp.mm} has no page table: {space.reason}",
                            missing_bytes=rng.size)
         bad = va_span_problem(exp.va, rng.size, self.facts.levels)
         if bad:          # e.g. a direct-map VA from a garbage page_offset_base: no walk can say
-            return Finding(rng, exp, "unreadable", WARNING if exp.required else INFO,
+            return Finding(rng, exp, UNREADABLE, WARNING if exp.required else INFO,
                            f"its {exp.rule} VA 0x{exp.va:x} + {human_size(rng.size)} {bad}: "
                            "not checked", missing_bytes=rng.size)
         if exp.unmet:                 # nothing in the tables can satisfy it: say why
-            return Finding(rng, exp, "missing", CRITICAL if exp.required else INFO,
+            return Finding(rng, exp, MISSING, CRITICAL if exp.required else INFO,
                            f"not mapped in {exp.mm} at the {exp.rule} VA: {exp.unmet}",
                            missing_bytes=rng.size)
         exts, errs = self._extents(space.root_pa, exp.va, rng.size)
         f = self._account(rng, exp, exts)
         if errs and f.missing_bytes:
-            f.status, f.severity = "unreadable", CRITICAL if exp.required else INFO
+            f.status, f.severity = UNREADABLE, CRITICAL if exp.required else INFO
             f.message = f"page tables unreadable: {errs[0]}"
             return f
         self._judge(f)
         return f
 
     def _account(self, rng: Range, exp: Expectation, exts: list[Extent]) -> Finding:
-        f = Finding(rng, exp, "ok", OK, "", extents=exts)
+        f = Finding(rng, exp, OK, OK, "", extents=exts)
         arch = self.arch
         modes, sizes = set(), set()
         for e in exts:
@@ -119,26 +119,26 @@ class Checker:
         bad = CRITICAL if exp.required else INFO
         where = f"{exp.mm} at the {exp.rule} VA"
         if f.missing_bytes == rng.size:
-            f.status, f.severity = "missing", bad
+            f.status, f.severity = MISSING, bad
             f.message = f"not mapped in {where}"
             self._maybe_stale(f)
         elif f.missing_bytes:
-            f.status, f.severity = "partial", bad
+            f.status, f.severity = PARTIAL, bad
             f.message = f"{human_size(f.missing_bytes)} of {human_size(rng.size)} not mapped in {where}"
             self._maybe_stale(f)
         elif f.misdirected_bytes:
-            f.status, f.severity = "misdirected", bad
+            f.status, f.severity = MISDIRECTED, bad
             f.message = f"{human_size(f.misdirected_bytes)} mapped in {where} to other physical pages"
         elif f.wrong_cache_bytes:
-            f.status, f.severity = "wrong-cache", bad
+            f.status, f.severity = WRONG_CACHE, bad
             f.message = (f"{human_size(f.wrong_cache_bytes)} mapped {'/'.join(f.cache_modes)}, "
                          f"needs {'/'.join(sorted(exp.cache or ()))}")
         elif f.wrong_perm_bytes:
-            f.status, f.severity = "wrong-perm", WARNING if exp.required else INFO
+            f.status, f.severity = WRONG_PERM, WARNING if exp.required else INFO
             f.message = f"{human_size(f.wrong_perm_bytes)} mapped with the wrong permissions"
         else:
             f.message = f"mapped in {where} ({'/'.join(f.cache_modes)})"
-        if f.misdirected_bytes and f.status in ("missing", "partial"):
+        if f.misdirected_bytes and f.status in (MISSING, PARTIAL):
             f.message += f"; {human_size(f.misdirected_bytes)} point at other physical pages"
 
     def _maybe_stale(self, f: Finding) -> None:
@@ -163,11 +163,11 @@ class Checker:
         # corruption) and efi_mm still points at the old one.
         f.severity = WARNING
         if not mine:
-            f.status = "stale"
+            f.status = STALE
             f.message = ("kernel-half slot present in init_mm but not yet copied into efi_mm "
                          "(no EFI call since the mapping was made)")
         else:
-            f.status = "diverged"
+            f.status = DIVERGED
             mask = self.arch.phys_mask & ~0xFFF
             f.message = (f"kernel-half slot differs: efi_mm has 0x{mine:x} (table at PA "
                          f"0x{mine & mask:x}), init_mm 0x{theirs or 0:x} (table at PA "

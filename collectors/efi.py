@@ -19,6 +19,7 @@ from .kernel import KernelFacts, lookup
 from .mm import EFI_MM, INIT_MM, efi_flags
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, Expectation, Range, va_for,
                      va_span_problem)
+from .vocab import SOURCE_EFI
 
 EFI_MEMORY_WB = 1 << 3
 EFI_MEMORY_XP = 1 << 14
@@ -136,7 +137,7 @@ def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
         if bad:
             # Garbage (a corrupt map): reported once, as a range of its own with the size it
             # claims and the reason, and nothing checked.
-            out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size or 1, "efi-memmap",
+            out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size or 1, SOURCE_EFI,
                              d.type_name, None, attrs + (("bad", f"{bad}; not checked"),)))
             continue
         cache = frozenset({"WB"}) if d.attribute & EFI_MEMORY_WB else frozenset({"UC-", "UC"})
@@ -154,7 +155,7 @@ def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
             exps.append(Expectation(INIT_MM, DIRECT, direct, None, required=False,
                                     why="observed only: the kernel need not map firmware "
                                         "regions"))
-        out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size, "efi-memmap", d.type_name,
+        out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size, SOURCE_EFI, d.type_name,
                          None, attrs, tuple(exps)))
     return out
 

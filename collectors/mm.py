@@ -19,6 +19,7 @@ import drgn
 
 from . import faults
 from .kernel import KernelFacts, lookup
+from .vocab import NO_TABLE, TABLE
 
 INIT_MM, EFI_MM = "init_mm", "efi_mm"
 MM_ALIASES = {"kernel": INIT_MM, "init_mm": INIT_MM, "efi": EFI_MM, "efi_mm": EFI_MM}
@@ -39,11 +40,9 @@ class AddressSpace:
     source: str               # the kernel symbol the root came from
     reason: str = ""          # why there is no table (root_pa is None)
     unreadable: bool = False  # no table because its root could not be read (a warning)
-
-    @property
-    def old_memmap(self) -> bool:
-        """EFI old memory map (``efi=old_map``, UV1): firmware runs on init_mm instead."""
-        return self.reason == OLD_MEMMAP_REASON
+    # EFI old memory map (efi=old_map, UV1): no efi_mm table because firmware runs on
+    # init_mm; a fact of its own so that no caller has to compare ``reason`` strings
+    old_memmap: bool = False
 
     @property
     def has_table(self) -> bool:
@@ -51,7 +50,7 @@ class AddressSpace:
 
     @property
     def state(self) -> str:
-        return "table" if self.has_table else "no-table"
+        return TABLE if self.has_table else NO_TABLE
 
 
 def init_mm(prog: drgn.Program, facts: KernelFacts) -> AddressSpace:
@@ -83,17 +82,20 @@ def _has_symbol(prog: drgn.Program, name: str) -> bool:
         return False
 
 
-def _no_table_reason(prog: drgn.Program) -> str:
+def _no_table(prog: drgn.Program, source: str) -> AddressSpace:
+    """efi_mm without a table (its pgd is NULL), with the reason read from ``efi.flags``."""
     flags = efi_flags(prog)
     if flags is None:
-        return "kernel built without EFI support"
-    if not flags & (1 << EFI_BOOT):
-        return "not booted through EFI (legacy BIOS boot)"
-    if not flags & (1 << EFI_RUNTIME_SERVICES):
-        return "EFI runtime services disabled (efi=noruntime, or firmware did not provide them)"
-    if flags & (1 << EFI_ARCH_1) and _old_memmap_kernel(prog):
-        return OLD_MEMMAP_REASON
-    return "efi_mm has no page table"
+        reason = "kernel built without EFI support"
+    elif not flags & (1 << EFI_BOOT):
+        reason = "not booted through EFI (legacy BIOS boot)"
+    elif not flags & (1 << EFI_RUNTIME_SERVICES):
+        reason = "EFI runtime services disabled (efi=noruntime, or firmware did not provide them)"
+    elif flags & (1 << EFI_ARCH_1) and _old_memmap_kernel(prog):
+        return AddressSpace(EFI_MM, None, None, source, OLD_MEMMAP_REASON, old_memmap=True)
+    else:
+        reason = "efi_mm has no page table"
+    return AddressSpace(EFI_MM, None, None, source, reason)
 
 
 def efi_mm(prog: drgn.Program, facts: KernelFacts) -> AddressSpace:
@@ -110,7 +112,7 @@ def efi_mm(prog: drgn.Program, facts: KernelFacts) -> AddressSpace:
             return AddressSpace(EFI_MM, None, None, "none", reason)
         pgd, source = obj.value_(), "efi_pgd"
     if not pgd:
-        return AddressSpace(EFI_MM, None, None, source, _no_table_reason(prog))
+        return _no_table(prog, source)
     return AddressSpace(EFI_MM, facts.kernel_pa(pgd), pgd, source)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from . import vocab
 from .kernel import KernelFacts
 
 DIRECT, IDENTITY, EFI_VA = "direct", "identity", "efi_va"
@@ -19,7 +20,7 @@ CACHE_ALIASES = {
     "uncached": frozenset({"UC", "UC-"}),
     "any": None,
 }
-CACHE_MODES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+CACHE_MODES = vocab.CACHE_MODES
 
 
 # What x86-64 allows (Intel SDM vol. 3 4.1.4, 4.5): physical addresses of at most 52 bits,

@@ -31,7 +31,8 @@ from .kernel import KernelFacts
 from .mm import EFI_MM, INIT_MM, MM_ALIASES
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, VA_RULES, Expectation, Range,
                      cache_set, va_for, va_span_problem)
-from .errors import RangesError, one_line
+from .errors import DATA, NOINPUT, RangesError, one_line
+from .vocab import SOURCE_CONFIG
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
@@ -108,7 +109,7 @@ def _read(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise RangesError(f"{path}: cannot read: {e.strerror or e}",
-                          missing=e.errno in _MISSING) from None
+                          NOINPUT if e.errno in _MISSING else DATA) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -237,6 +238,6 @@ def to_ranges(specs: list[dict[str, Any]], facts: KernelFacts,
                     mm, rule, va, cache, s["writable"], s["executable"], s["required"],
                     shared_from=INIT_MM if (mm == EFI_MM and rule == DIRECT) else None,
                     why=unmet or "configured in the ranges file", unmet=unmet))
-        out.append(Range(s["name"], s["start"], s["size"], "config", "configured",
+        out.append(Range(s["name"], s["start"], s["size"], SOURCE_CONFIG, "configured",
                          expectations=tuple(exps)))
     return out

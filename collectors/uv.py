@@ -33,9 +33,8 @@ from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
 from .ranges import (DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, state_range,
                      va_for)
+from .vocab import HUBBED, HUBLESS, NOT_UV_HW, NOT_UV_KERNEL
 
-NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED = ("not-uv-kernel", "uv-kernel-non-uv-hardware",
-                                            "hubless", "hubbed")
 # uv_mmrs.h (v5.10+), highest bit first: a UV4A hub has hub_type UV4|UV4A (v5.10
 # early_set_hub_type(): "uv_hub_type_set(UV4|UV4A)" for a revision-2 UV4 part), so the UV4
 # bit alone does not tell UV4 from UV4A

@@ -17,6 +17,7 @@ from .efi import Descriptor
 from .kernel import KernelFacts, lookup
 from .mm import EFI_MM, INIT_MM
 from .ranges import DIRECT, EFI_VA, IDENTITY, Expectation, Range, va_for
+from .vocab import SOURCE_UV
 
 
 # bios_uv.c: uv_bios_init() ioremap()s the table, and /proc/kcore's vread() skips
@@ -78,7 +79,7 @@ def entry_range(fn: Optional[int], facts: KernelFacts, descs: list[Descriptor],
     if old_memmap:        # function is physical; the kernel's own table serves BIOS calls
         exp = Expectation(INIT_MM, DIRECT, va_for(DIRECT, page, facts), None, executable=True,
                           why=why + " on the kernel page table (EFI old memory map)")
-        return Range("UV_BIOS_ENTRY", page, 4096, "uv", "UV BIOS entry", None,
+        return Range("UV_BIOS_ENTRY", page, 4096, SOURCE_UV, "UV BIOS entry", None,
                      (("function", f"0x{fn:x}"),), (exp,))
     for d in descs:
         if not d.runtime:
@@ -90,7 +91,7 @@ def entry_range(fn: Optional[int], facts: KernelFacts, descs: list[Descriptor],
         else:
             continue
         exp = Expectation(EFI_MM, rule, page, None, executable=True, why=why + " on efi_mm")
-        return Range("UV_BIOS_ENTRY", phys, 4096, "uv", "UV BIOS entry", None,
+        return Range("UV_BIOS_ENTRY", phys, 4096, SOURCE_UV, "UV BIOS entry", None,
                      (("function", f"0x{fn:x}"), ("efi_region", d.type_name)), (exp,))
     notes.append(f"UV BIOS entry 0x{fn:x} lies in no EFI runtime region: "
                       "the firmware's own map does not cover it")
@@ -112,7 +113,7 @@ def systab_range(systab_phys: Optional[int], descs: list[Descriptor],
         exps = [Expectation(EFI_MM, IDENTITY, page, None, why=why)]
         if d.virt and d.virt != d.phys:
             exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (page - d.phys), None, why=why))
-        return Range("UV_SYSTAB", page, 4096, "uv", "UVsystab", None,
+        return Range("UV_SYSTAB", page, 4096, SOURCE_UV, "UVsystab", None,
                      (("uv_systab_phys", f"0x{systab_phys:x}"),
                       ("efi_region", d.type_name)), tuple(exps))
     if page is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from . import vocab
+
 # Entry bits (arch/x86/include/asm/pgtable_types.h)
 P, RW, US, PWT, PCD, A, D, PSE, G = (1 << b for b in (0, 1, 2, 3, 4, 5, 6, 7, 8))
 PAT_4K = 1 << 7
@@ -33,10 +35,10 @@ EFI_VA_START = 0xFFFFFFFF00000000    # -4 GiB
 EFI_VA_END = 0xFFFFFFEF00000000      # -68 GiB
 
 # Cache modes: enum page_cache_mode (arch/x86/include/asm/pgtable_types.h).
-CACHE_MODE_NAMES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+CACHE_MODE_NAMES = vocab.CACHE_MODES
 # A table entry that is no page_cache_mode (6, 7, garbage): the kernel's own word for it
 # (cattr_name() in arch/x86/mm/pat/memtype.h); reports and the JSON schema use it as is.
-BROKEN = "broken"
+BROKEN = vocab.BROKEN
 # Linux's IA32_PAT layout since v4.14 (pat_bp_init): WB, WC, UC-, UC, WB, WP, UC-, WT.
 DEFAULT_PTE2CACHEMODE = (0, 1, 2, 3, 0, 5, 2, 4)
 

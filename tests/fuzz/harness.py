@@ -162,7 +162,7 @@ def inprocess(out: Outcome, body: Callable[[], tuple[int, int, list[str]]]) -> O
         elif isinstance(e, TargetError):
             out.detail = f"TargetError({e.kind}): {str(e)[:160]}"
         else:
-            out.detail = f"RangesError({'missing' if e.missing else 'data'}): {str(e)[:160]}"
+            out.detail = f"RangesError({e.kind}): {str(e)[:160]}"
         bad = _one_line(str(e))
         if bad:
             out.anomalies.append(bad)

@@ -159,7 +159,7 @@ def test_fifo_device_and_huge_ranges_files_are_refused(tmp_path):
         one_error_line(res, cli.EXIT_DATA, text)
     with pytest.raises(RangesError) as e:
         userranges.load(tmp_path / "nodir.toml" / "x")
-    assert e.value.missing
+    assert e.value.kind == NOINPUT            # exit 66, as a missing dump
 
 
 # -- item 10: an empty --vmcore is not --live ------------------------------------------------

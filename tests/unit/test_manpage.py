@@ -119,9 +119,10 @@ def test_no_long_option_anywhere_that_does_not_exist():
 
 def test_exit_codes_are_the_clis(man):
     codes = {int(t) for t in _items(man["EXIT STATUS"][""]) if t.strip().isdigit()}
-    consts = {v for k, v in vars(cli).items() if k.startswith("EXIT_") and isinstance(v, int)}
-    from mmrwatch.agent import nagios
-    assert consts <= codes and {nagios.UNKNOWN} <= codes
+    from mmrwatch.agent import exits
+    consts = {v for k, v in vars(exits).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    nagios = {v for k, v in vars(exits).items() if k.startswith("NAGIOS_")}
+    assert consts <= codes and nagios <= codes
     assert codes == consts | {0, 1, 2, 3}
     for code in consts:          # and each is in the --help epilog, the other place
         assert re.search(rf"^\s+{code}\s", cli.EXIT_CODES, re.M), code
