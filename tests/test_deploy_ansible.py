@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,16 @@ BIN = Path(sys.executable).parent
 
 
 def _playbook(project: Path, inventory: Path, extra: dict, log: Path) -> tuple[int, str]:
+    # ssh's ControlMaster socket path must fit a sockaddr_un (108 bytes): not under a deep
+    # pytest basetemp, in a short directory of its own
+    cp_dir = Path(tempfile.mkdtemp(prefix="mmrw-cp-", dir="/tmp"))
     env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "PATH": f"{BIN}:/usr/bin:/bin",
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "HOME": str(inventory.parent)}
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "HOME": str(inventory.parent),
+           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp_dir)}
     res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory),
                           str(project / "playbook.yml"), "-e", json.dumps(extra)],
                          capture_output=True, text=True, env=env, timeout=1500)
+    shutil.rmtree(cp_dir, ignore_errors=True)
     log.write_text(res.stdout + res.stderr)
     return res.returncode, res.stdout
 

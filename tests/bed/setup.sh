@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared setup for ./demo and tests/run on a fresh Debian 12 machine: system packages
 # (when root), the project venv in .venv, and the test-bed kernels (cached under
-# ~/.cache/mmrwatch; the UV-enabled kernel is built once, ~14 min on 2 cores).
+# ~/.cache/mmrwatch; each UV-enabled kernel is built once).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
