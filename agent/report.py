@@ -15,7 +15,7 @@ from mmrwatch.collectors.forensics import Crash
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
 from mmrwatch.collectors.ranges import human_size
 from mmrwatch.collectors.vocab import (CRITICAL, HUBLESS, INFO, NOT_UV_HW, NOT_UV_KERNEL, OK,
-                                       UNREADABLE, WARNING)
+                                       SOURCE_UV, UNREADABLE, WARNING)
 
 from .exits import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING
 
@@ -120,7 +120,7 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
             f"KASLR offset {_hex(k.kaslr_offset)}",
             f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
             f" {list(k.cache.table)}", ""]
-    uvs = res.summaries.get("uv")
+    uvs = res.summaries.get(SOURCE_UV)
     if uvs:
         out += ["UV system", "  " + uv_line(uvs), ""]
     if crash is not None:
@@ -218,7 +218,7 @@ def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
                                "source": s.source, "reason": s.reason or None}
                            for n, s in res.spaces.items()},
         "summary": {"ranges": len(res.ranges), "findings": res.severity_counts()},
-        "uv": res.summaries.get("uv"),
+        "uv": res.summaries.get(SOURCE_UV),
         "ranges": [{"name": r.name, "blade": r.blade, "pnode": r.pnode, "source": r.source,
                     "kind": r.kind,
                     "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,

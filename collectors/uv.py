@@ -33,7 +33,7 @@ from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
 from .ranges import (DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, state_range,
                      va_for)
-from .vocab import HUBBED, HUBLESS, NOT_UV_HW, NOT_UV_KERNEL
+from .vocab import HUBBED, HUBLESS, NOT_UV_HW, NOT_UV_KERNEL, SOURCE_UV, UC, UNCACHED, WB
 
 # uv_mmrs.h (v5.10+), highest bit first: a UV4A hub has hub_type UV4|UV4A (v5.10
 # early_set_hub_type(): "uv_hub_type_set(UV4|UV4A)" for a revision-2 UV4 part), so the UV4
@@ -44,8 +44,8 @@ REVISION_BASES = ((9, "UV5"), (8, "UV4A"), (7, "UV4"), (5, "UV3"), (3, "UV2"), (
 MMR_BASE = {"UV1": (0x00003FFFFC000000, 26), "UV2": (0x00003FFFFC000000, 26),
             "UV3": (0x00003FFFFC000000, 26), "UV4": (0x00003FFFFC000000, 26),
             "UV4A": (0x000FFFFFFC000000, 26), "UV5": (0x000FFFFFFE000000, 25)}
-UC_ONLY = frozenset({"UC"})
-WB_ONLY = frozenset({"WB"})
+UC_ONLY = frozenset({UC})
+WB_ONLY = frozenset({WB})
 
 
 @dataclass
@@ -349,7 +349,7 @@ def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None,
         if bad:
             book.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
             continue
-        out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
+        out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == WB else UC_ONLY))
     return out
 
 
@@ -382,7 +382,7 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
         return [], []
     book = Notebook(dict(sysm.problems))
     segs = segments(sysm, facts, book)
-    out = [state_range(f"uv-{what.replace(' ', '-')}", "uv", f"UV {what}: {why}")
+    out = [state_range(f"uv-{what.replace(' ', '-')}", SOURCE_UV, f"UV {what}: {why}")
            for what, why in book.problems.items()]
     book.notes += _window_notes(sysm, facts, segs)
     entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, book.notes)
@@ -403,12 +403,12 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
         rt = [d for d in descs if d.runtime and d.phys < pa + size and pa < d.phys + d.size]
         if rt:
             d = rt[0]
-            ecache = frozenset({"UC", "UC-"}) if cache == UC_ONLY else None
+            ecache = UNCACHED if cache == UC_ONLY else None
             exps.append(Expectation(EFI_MM, IDENTITY, pa, ecache,
                                     why="firmware lists it as EFI runtime MMIO: mapped 1:1"))
             if d.virt and d.virt != d.phys:
                 exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (pa - d.phys), ecache,
                                         why="firmware lists it as EFI runtime MMIO"))
-        out.append(Range(name, pa, size, "uv", name, blade,
+        out.append(Range(name, pa, size, SOURCE_UV, name, blade,
                          (("hub", sysm.hub or "?"),), tuple(exps), pnode))
     return out, book.notes
