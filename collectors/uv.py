@@ -285,11 +285,13 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
     out = [state_range(f"uv-{what.replace(' ', '-')}", SOURCE_UV, f"UV {what}: {why}")
            for what, why in book.problems.items()]
     book.notes += _window_notes(sysm, facts, segs)
-    entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, book.notes)
+    entry, entry_notes = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap)
+    book.notes += entry_notes
     if entry is not None:
         out.append(entry)
     elif sysm.systab_phys is not None:
-        tab = uvbios.systab_range(sysm.systab_phys, descs, book.notes)
+        tab, tab_notes = uvbios.systab_range(sysm.systab_phys, descs)
+        book.notes += tab_notes
         if tab is not None:
             out.append(tab)
     blades = sysm.blade_of()
