@@ -5,7 +5,10 @@ environment as drgn is enough.  The commands are the CLI's own, run on the progr
 already opened (its debug info, or BTF + kallsyms loaded into it when it has none).
 Errors raise drgn's ``CommandError`` (``CommandArgumentError`` for bad options) with one
 line, so scripts using ``drgn.commands.run_command`` can catch them, and ``report`` returns
-its verdict's exit status (0 ok, 1 warnings, 2 critical) as the command's value.
+its verdict's exit status (0 ok, 1 warnings, 2 critical) as the command's value.  Every
+``MmrwatchError`` is caught as the CLI catches it, and the error carries its ``kind`` and
+the CLI's exit code for it (``exit_status``, from ``agent/exits.py``), so a script can tell
+a missing ranges file from an unusable dump without parsing the message.
 """
 from __future__ import annotations
 
@@ -30,19 +33,21 @@ def _cmd_mmrwatch(prog: Program, name: str, args: argparse.Namespace,
                   **kwargs: Any) -> Optional[int]:
     from drgn.commands import CommandArgumentError, CommandError
 
-    from mmrwatch.collectors.target import TargetError, from_program
-    from mmrwatch.collectors.userranges import RangesError
+    from mmrwatch.collectors.errors import MmrwatchError
+    from mmrwatch.collectors.target import from_program
 
-    from . import cli
+    from . import cli, exits
     parser = cli.build_parser(embedded=True)
     try:
         ns = parser.parse_args([args.subcommand, *args.options])
         ns.target = from_program(prog)
         run = {"report": cli.cmd_report, "ptdump": cli.cmd_ptdump, "where": cli.cmd_where}
         return run[ns.cmd](ns)
-    except cli.UsageError as e:
-        raise CommandArgumentError(str(e)) from None
-    except (TargetError, RangesError) as e:
-        raise CommandError(f"mmrwatch: {e}") from None
+    except MmrwatchError as e:
+        # bad options keep argparse's own message; everything else reads as the CLI's line
+        err = (CommandArgumentError(str(e)) if isinstance(e, cli.UsageError)
+               else CommandError(f"mmrwatch: {e}"))
+        err.kind, err.exit_status = e.kind, exits.outcome(e).exit
+        raise err from None
     except SystemExit:          # --help
         return None

@@ -14,10 +14,8 @@ from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.forensics import Crash
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
 from mmrwatch.collectors.ranges import human_size
-from mmrwatch.collectors import x86
-from mmrwatch.collectors.x86 import perm_string
 from mmrwatch.collectors.vocab import (CRITICAL, HUBLESS, INFO, NOT_UV_HW, NOT_UV_KERNEL, OK,
-                                       UNREADABLE, WARNING)
+                                       SOURCE_UV, UNREADABLE, WARNING)
 
 from .exits import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING
 
@@ -107,7 +105,7 @@ def debug_info_line(t) -> str:
 
 def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) -> str:
     """The human report: verdict, crash, kernel identity, address spaces, ranges, errors."""
-    k, t = res.facts, res.target
+    k, t, arch = res.facts, res.target, res.facts.arch
     out = [f"mmrwatch {mmrwatch.__version__} report", "",
            f"VERDICT  {verdict_line(res)}"]
     if crash is not None and crash.crashed:
@@ -122,7 +120,7 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
             f"KASLR offset {_hex(k.kaslr_offset)}",
             f"  cache modes    {'kernel __pte2cachemode_tbl' if k.cache.from_kernel else 'default Linux PAT'}"
             f" {list(k.cache.table)}", ""]
-    uvs = res.summaries.get("uv")
+    uvs = res.summaries.get(SOURCE_UV)
     if uvs:
         out += ["UV system", "  " + uv_line(uvs), ""]
     if crash is not None:
@@ -144,7 +142,7 @@ def text(res: CheckResult, verbose: bool = False, crash: Crash | None = None) ->
                 for e in f.extents[:8]:
                     out.append(f"        VA {_hex(e.va)} -> PA {_hex(e.pa)} {human_size(e.size)} "
                                f"{human_size(e.page_size).replace(' ', '')} pages "
-                               f"{res.facts.cache.mode(e.val, e.level)} {perm_string(e.eff)}")
+                               f"{arch.cache_mode(e.val, e.level)} {arch.perms(e.eff)}")
                 if len(f.extents) > 8:
                     out.append(f"        ... {len(f.extents) - 8} more extents")
     if res.walk_errors:
@@ -170,7 +168,7 @@ def uv_line(s: dict) -> str:
 
 
 def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
-    e = f.exp
+    e, arch = f.exp, res.facts.arch
     return {
         "mm": e.mm, "rule": e.rule, "va": _hex(e.va), "required": e.required,
         "cache_required": sorted(e.cache) if e.cache is not None else None,
@@ -181,9 +179,9 @@ def _finding_json(f: Finding, res: CheckResult) -> dict[str, Any]:
         "wrong_perm_bytes": f.wrong_perm_bytes, "cache_modes": f.cache_modes,
         "page_sizes": f.page_sizes,
         "extents": [{"va": _hex(x.va), "pa": _hex(x.pa), "size": x.size,
-                     "page_size": x.page_size, "cache_mode": res.facts.cache.mode(x.val, x.level),
-                     "writable": bool(x.eff & x86.RW), "executable": not x.eff & x86.NX,
-                     "user": bool(x.eff & x86.US)} for x in f.extents],
+                     "page_size": x.page_size, "cache_mode": arch.cache_mode(x.val, x.level),
+                     "writable": arch.writable(x.eff), "executable": arch.executable(x.eff),
+                     "user": arch.user(x.eff)} for x in f.extents],
     }
 
 
@@ -220,7 +218,7 @@ def as_dict(res: CheckResult, crash: Crash | None = None) -> dict[str, Any]:
                                "source": s.source, "reason": s.reason or None}
                            for n, s in res.spaces.items()},
         "summary": {"ranges": len(res.ranges), "findings": res.severity_counts()},
-        "uv": res.summaries.get("uv"),
+        "uv": res.summaries.get(SOURCE_UV),
         "ranges": [{"name": r.name, "blade": r.blade, "pnode": r.pnode, "source": r.source,
                     "kind": r.kind,
                     "phys_start": _hex(r.phys), "phys_end": _hex(r.end), "size": r.size,

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from mmrwatch.collectors.check import Finding, worst
 from mmrwatch.collectors.engine import CheckResult
 from mmrwatch.collectors.vocab import (CRITICAL, DIVERGED, INFO, OK, SEVERITY_ORDER, STALE,
-                                       TABLE, UNMAPPED_STATUSES, WARNING, WRONG_CACHE)
+                                       SOURCE_UV, TABLE, UNMAPPED_STATUSES, WARNING,
+                                       WRONG_CACHE)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,6 @@ def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snaps
     mms = {name: (TABLE if s.has_table else s.reason) for name, s in res.spaces.items()}
     info = res.target.debuginfo
     return Snapshot(started, res.seconds, res.verdict, states, problems, counts, unconfirmed,
-                    res.facts.release, res.facts.levels, mms, dict(res.summaries.get("uv", {})),
+                    res.facts.release, res.facts.levels, mms, dict(res.summaries.get(SOURCE_UV, {})),
                     res.table_reads, info.types if info else "dwarf",
                     info.symbols if info else "dwarf")

@@ -84,6 +84,10 @@ class Arch(Protocol):
     def executable(self, eff: int) -> bool:
         """Whether an effective protection allows instruction fetch."""
 
+    def user(self, eff: int) -> bool:
+        """Whether an effective protection allows user-mode access (the JSON report's
+        ``user``: a kernel mapping reachable from user mode is a finding's context)."""
+
     def perms(self, eff: int) -> str:
         """Short human form of an effective protection."""
 

@@ -19,7 +19,7 @@ from .kernel import KernelFacts, lookup
 from .mm import EFI_MM, INIT_MM, efi_flags
 from .ranges import (DIRECT, EFI_VA, IDENTITY, PHYS_LIMIT, Expectation, Range, va_for,
                      va_span_problem)
-from .vocab import SOURCE_EFI
+from .vocab import SOURCE_EFI, UNCACHED, WB
 
 EFI_MEMORY_WB = 1 << 3
 EFI_MEMORY_XP = 1 << 14
@@ -140,7 +140,7 @@ def runtime_ranges(prog: drgn.Program, facts: KernelFacts,
             out.append(Range(f"efi-{d.type_name}-{i}", d.phys, d.size or 1, SOURCE_EFI,
                              d.type_name, None, attrs + (("bad", f"{bad}; not checked"),)))
             continue
-        cache = frozenset({"WB"}) if d.attribute & EFI_MEMORY_WB else frozenset({"UC-", "UC"})
+        cache = frozenset({WB}) if d.attribute & EFI_MEMORY_WB else UNCACHED
         # Runtime code must stay executable for the firmware, unless a Memory Attributes
         # table splits it into RX text and NX data (then per-page NX is by design).
         exe = True if d.type == RUNTIME_CODE and not mem_attr and not d.attribute & EFI_MEMORY_XP \

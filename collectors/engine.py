@@ -24,6 +24,7 @@ from .mm import EFI_MM, AddressSpace, address_spaces
 from .pagetable import WalkError
 from .ranges import Range, state_range
 from .target import Target
+from .vocab import SOURCE_CONFIG, SOURCE_EFI, SOURCE_UV, UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,13 @@ def efi_source(ctx: Context) -> Collected:
     """EFI runtime regions from ``efi.memmap`` (garbage descriptors reported, not checked;
     an unreadable map is one "unreadable" finding)."""
     if ctx.memmap_fault:
-        return Collected([state_range("efi-memmap-state", "efi-memmap",
-                                      f"efi-memmap state unreadable: {ctx.memmap_fault}")])
+        return Collected([state_range(f"{SOURCE_EFI}-state", SOURCE_EFI,
+                                      f"{SOURCE_EFI} state unreadable: {ctx.memmap_fault}")])
     out = efi.runtime_ranges(ctx.prog, ctx.facts, ctx.efi_descs)
     notes = [f"EFI memory map: a descriptor at PA 0x{d.phys:x} is garbage ({bad}): not checked"
              for d in ctx.efi_descs for bad in [d.problem(ctx.facts.levels)] if bad]
     return Collected(out, notes)
-efi_source.label = "efi-memmap"      # type: ignore[attr-defined]
+efi_source.label = SOURCE_EFI        # type: ignore[attr-defined]
 
 
 def _sane(ctx: Context) -> list[efi.Descriptor]:
@@ -115,7 +116,7 @@ def uv_source(ctx: Context) -> Collected:
     sysm = uv.discover(ctx.prog)
     out, notes = uv.ranges(sysm, ctx.facts, _sane(ctx), ctx.spaces[EFI_MM].old_memmap)
     return Collected(out, sysm.notes + notes, sysm.summary())
-uv_source.label = "uv"               # type: ignore[attr-defined]
+uv_source.label = SOURCE_UV          # type: ignore[attr-defined]
 
 
 def file_source(path: Path) -> RangeSource:
@@ -126,7 +127,7 @@ def file_source(path: Path) -> RangeSource:
         descs = _sane(ctx)
         return Collected(userranges.to_ranges(specs, ctx.facts,
                                               lambda pa: efi.efi_va_of(descs, pa)))
-    source.label = "config"          # type: ignore[attr-defined]
+    source.label = SOURCE_CONFIG     # type: ignore[attr-defined]
     return source
 
 
@@ -152,7 +153,7 @@ def _collect(src: RangeSource, ctx: Context) -> Collected:
             [state_range(f"{label}-state", label, f"{label} state unreadable: {why}")],
             [f"{label}: cannot read its state from the kernel ({why}): its ranges are not "
              "checked"],
-            {"state": "unreadable", "reason": why})
+            {"state": UNREADABLE, "reason": why})
 
 
 def default_sources(ranges_file: Optional[Path] = None) -> list[RangeSource]:

@@ -17,7 +17,7 @@ VA_RULES = (DIRECT, IDENTITY, EFI_VA)
 # not a VA: a range source could not read its kernel state (the finding says why)
 STATE = "state"
 CACHE_ALIASES = {
-    "uncached": frozenset({"UC", "UC-"}),
+    "uncached": vocab.UNCACHED,
     "any": None,
 }
 CACHE_MODES = vocab.CACHE_MODES
@@ -98,7 +98,7 @@ class Range:
     name: str
     phys: int
     size: int
-    source: str                    # "efi-memmap", "config", "uv"
+    source: str                    # vocab.SOURCES
     kind: str = ""                 # e.g. "MMIO", "RuntimeServicesCode", "LOCAL_MMR"
     blade: Optional[int] = None
     attrs: tuple[tuple[str, str], ...] = ()
@@ -120,7 +120,7 @@ def state_range(name: str, source: str, why: str) -> Range:
     reports as an "unreadable" warning saying ``why`` (the report's one line for it)."""
     exp = Expectation("init_mm", STATE, 0, required=False, why=f"{source} kernel state",
                       unmet=why)
-    return Range(name, 0, 0, source, "unreadable", None, (("error", why),), (exp,))
+    return Range(name, 0, 0, source, vocab.UNREADABLE, None, (("error", why),), (exp,))
 
 
 def segment_label(name: str, pnode: Optional[int], blade: Optional[int]) -> str:

@@ -19,6 +19,7 @@ checked against v6.1 ``arch/x86/kernel/apic/x2apic_uv_x.c``):
   table and the entry must be mapped at ``__va(function)`` in init_mm instead.
 
 Hubless UV systems and UV kernels on other hardware map nothing: explicit states, no ranges.
+Which high span to check when hub info and the boot lines disagree is ``uvspans``'s.
 """
 from __future__ import annotations
 
@@ -33,36 +34,16 @@ from .kernel import KernelFacts, has_member, lookup
 from .mm import EFI_MM, INIT_MM
 from .ranges import (DIRECT, EFI_VA, IDENTITY, Expectation, Range, segment_label, state_range,
                      va_for)
-from .vocab import HUBBED, HUBLESS, NOT_UV_HW, NOT_UV_KERNEL
+from .uvspans import Notebook, log_disagreements, spans
+from .vocab import HUBBED, HUBLESS, NOT_UV_HW, NOT_UV_KERNEL, SOURCE_UV, UC, UNCACHED, WB
 
 # uv_mmrs.h (v5.10+), highest bit first: a UV4A hub has hub_type UV4|UV4A (v5.10
 # early_set_hub_type(): "uv_hub_type_set(UV4|UV4A)" for a revision-2 UV4 part), so the UV4
 # bit alone does not tell UV4 from UV4A
 HUB_TYPE_BITS = {16: "UV5", 8: "UV4A", 4: "UV4", 2: "UV3", 1: "UV2"}
 REVISION_BASES = ((9, "UV5"), (8, "UV4A"), (7, "UV4"), (5, "UV3"), (3, "UV2"), (1, "UV1"))
-# MMR overlay BASE_MASK / BASE_SHFT per hub (uv_mmrs.h)
-MMR_BASE = {"UV1": (0x00003FFFFC000000, 26), "UV2": (0x00003FFFFC000000, 26),
-            "UV3": (0x00003FFFFC000000, 26), "UV4": (0x00003FFFFC000000, 26),
-            "UV4A": (0x000FFFFFFC000000, 26), "UV5": (0x000FFFFFFE000000, 25)}
-UC_ONLY = frozenset({"UC"})
-WB_ONLY = frozenset({"WB"})
-
-
-@dataclass
-class Notebook:
-    """Corrupt state (by kind) and notes, in the order found.  Working out spans and ranges
-    after discovery writes into a notebook of its own, seeded with discovery's problems, and
-    ``ranges`` returns its notes: the discovery result stays what was discovered, and one
-    kind of corrupt state is one note and one state range however often it is met (spans
-    are computed more than once per check)."""
-
-    problems: dict[str, str]
-    notes: list[str] = field(default_factory=list)
-
-    def problem(self, what: str, why: str) -> None:
-        if what not in self.problems:
-            self.problems[what] = why
-            self.notes.append(f"UV {what}: {why}: not checked")
+UC_ONLY = frozenset({UC})
+WB_ONLY = frozenset({WB})
 
 
 @dataclass(frozen=True)
@@ -220,7 +201,7 @@ def discover(prog: drgn.Program) -> UVSystem:
         sysm.notes.append("MMIOH ranges are recorded only in the kernel's boot messages, which "
                           "are not in the log (any more): not checked; on UV3+ the kernel does "
                           "not map them by design")
-    sysm.notes.extend(_log_disagreements(sysm))
+    sysm.notes.extend(log_disagreements(sysm))
     sysm.bios_entry, why = uvbios.bios_entry(prog)
     if why == uvbios.LIVE_SYSTAB:
         sysm.systab_phys = uvbios.systab_phys(prog)
@@ -230,87 +211,6 @@ def discover(prog: drgn.Program) -> UVSystem:
     if why:
         sysm.notes.append(why)
     return sysm
-
-
-def _hub_spans(sysm: UVSystem, rec: Notebook, facts: Optional[KernelFacts] = None
-               ) -> dict[str, tuple[int, int, int]]:
-    """(start, bytes per pnode, pnodes) of MMR_HI and GRU_HI from hub info and GRU bounds;
-    impossible ones (``uvbounds``, the VA check with ``facts``) are problems for ``rec``,
-    not spans."""
-    out: dict[str, tuple[int, int, int]] = {}
-    if not sysm.hubs:
-        return out
-    n = max(sysm.pnodes) + 1
-    mask, shift = MMR_BASE.get(sysm.hub or "UV2", MMR_BASE["UV2"])
-    h0 = sysm.hubs[0]
-    if h0.global_mmr_base & mask:
-        shift = h0.global_mmr_shift or shift
-        bad = uvbounds.shift_problem(shift)
-        if bad:
-            rec.problem("MMR_HI", f"hub info's {bad}")
-        else:
-            out["MMR"] = (h0.global_mmr_base & mask, 1 << shift, n)
-    if sysm.gru:
-        out["GRU"] = (sysm.gru[0], (sysm.gru[1] - sysm.gru[0]) // n, n)
-    for key, span in list(out.items()):
-        bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
-        if bad:
-            rec.problem(f"{key}_HI", f"{'hub info' if key == 'MMR' else 'gru_start/end_paddr'}"
-                                     f" give {bad}")
-            del out[key]
-    return out
-
-
-def _spans(sysm: UVSystem, book: Notebook, facts: Optional[KernelFacts] = None
-           ) -> dict[str, tuple[int, int, int]]:
-    """The spans to check.  MMR_HI: what the kernel *addresses*, ``global_mmr_base |
-    pnode << global_mmr_shift`` from hub info (the BIOS GAM table on UV4/UV5), else what
-    ``map_mmr_high()`` logged it mapped from the overlay register.  GRU_HI: the logged
-    mapping wins over ``gru_start/end_paddr``.  A logged span no UV system can have is a
-    problem, and the hub info's (if any) is checked instead."""
-    out = _hub_spans(sysm, book, facts)
-    for key in ("MMR", "GRU"):
-        m = sysm.logged.get(key)
-        if m is not None and (key == "GRU" or key not in out):
-            n = m.segments or (out[key][2] if key in out else 1)
-            span = (m.start, m.size // n, n)
-            bad = uvbounds.span_problem(f"{key}_HI", *span, facts)
-            if bad:
-                book.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
-            else:
-                out[key] = span
-    return out
-
-
-def _log_disagreements(sysm: UVSystem) -> list[str]:
-    """Which source each high span came from, and where hub info and the kernel's boot
-    line disagree (the kernel then maps one span and addresses another)."""
-    notes = []
-    hub = _hub_spans(sysm, Notebook(sysm.problems, sysm.notes))    # still discovering
-    m = sysm.logged.get("MMR")
-    if "MMR" in hub:
-        start, seg, n = hub["MMR"]
-        if m is None:
-            notes.append("MMR_HI from hub info (global_mmr_base | pnode << global_mmr_shift: "
-                         "what the kernel addresses); the kernel's 'UV: Map MMR_HI' boot line "
-                         "is not in the log (rotated, or logged at debug level before 5.10), so "
-                         "what it mapped from the overlay register is not compared")
-        elif (start, start + seg * n) != (m.start, m.end):
-            notes.append(f"MMR_HI disagreement: hub info's global_mmr_base/shift give "
-                         f"0x{start:x}-0x{start + seg * n:x} (what the kernel addresses, "
-                         f"checked), but the kernel logged mapping 0x{m.start:x}-0x{m.end:x} "
-                         "from the overlay register at boot")
-    elif m is not None:
-        notes.append("MMR_HI from the kernel's 'UV: Map MMR_HI' boot line (hub info has no "
-                     "global_mmr_base)")
-    g = sysm.logged.get("GRU")
-    if g is not None and "GRU" in hub:
-        start, seg, n = hub["GRU"]
-        if (start, start + seg * n) != (g.start, g.end):
-            notes.append(f"gru_start/end_paddr give GRU_HI 0x{start:x}-0x{start + seg * n:x}, "
-                         f"but the kernel logged mapping 0x{g.start:x}-0x{g.end:x} at boot: "
-                         "checking what the kernel mapped")
-    return notes
 
 
 def _low_ranges(sysm: UVSystem) -> list[tuple[str, int, int, frozenset[str]]]:
@@ -337,10 +237,10 @@ def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None,
     book = book if book is not None else Notebook(dict(sysm.problems))
     out: list[tuple[str, int, int, Optional[int], frozenset[str]]] = [
         (n, pa, sz, None, c) for n, pa, sz, c in _low_ranges(sysm)]
-    spans = _spans(sysm, book, facts)
+    found = spans(sysm, book, facts)
     for key, cache in (("MMR", UC_ONLY), ("GRU", WB_ONLY)):
-        if key in spans:
-            start, seg, n = spans[key]
+        if key in found:
+            start, seg, n = found[key]
             out += [(f"{key}_HI", start + p * seg, seg, p, cache) for p in range(n)]
     for key, m in sorted(sysm.logged.items()):
         if not key.startswith("MMIOH"):
@@ -349,7 +249,7 @@ def segments(sysm: UVSystem, facts: Optional[KernelFacts] = None,
         if bad:
             book.problem(f"{key}_HI boot line", f"the kernel's 'UV: Map' line gives {bad}")
             continue
-        out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == "WB" else UC_ONLY))
+        out.append((f"{key}_HI", m.start, m.size, None, WB_ONLY if m.mode == WB else UC_ONLY))
     return out
 
 
@@ -382,14 +282,16 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
         return [], []
     book = Notebook(dict(sysm.problems))
     segs = segments(sysm, facts, book)
-    out = [state_range(f"uv-{what.replace(' ', '-')}", "uv", f"UV {what}: {why}")
+    out = [state_range(f"uv-{what.replace(' ', '-')}", SOURCE_UV, f"UV {what}: {why}")
            for what, why in book.problems.items()]
     book.notes += _window_notes(sysm, facts, segs)
-    entry = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap, book.notes)
+    entry, entry_notes = uvbios.entry_range(sysm.bios_entry, facts, descs, old_memmap)
+    book.notes += entry_notes
     if entry is not None:
         out.append(entry)
     elif sysm.systab_phys is not None:
-        tab = uvbios.systab_range(sysm.systab_phys, descs, book.notes)
+        tab, tab_notes = uvbios.systab_range(sysm.systab_phys, descs)
+        book.notes += tab_notes
         if tab is not None:
             out.append(tab)
     blades = sysm.blade_of()
@@ -403,12 +305,12 @@ def ranges(sysm: UVSystem, facts: KernelFacts, descs: list[Descriptor],
         rt = [d for d in descs if d.runtime and d.phys < pa + size and pa < d.phys + d.size]
         if rt:
             d = rt[0]
-            ecache = frozenset({"UC", "UC-"}) if cache == UC_ONLY else None
+            ecache = UNCACHED if cache == UC_ONLY else None
             exps.append(Expectation(EFI_MM, IDENTITY, pa, ecache,
                                     why="firmware lists it as EFI runtime MMIO: mapped 1:1"))
             if d.virt and d.virt != d.phys:
                 exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (pa - d.phys), ecache,
                                         why="firmware lists it as EFI runtime MMIO"))
-        out.append(Range(name, pa, size, "uv", name, blade,
+        out.append(Range(name, pa, size, SOURCE_UV, name, blade,
                          (("hub", sysm.hub or "?"),), tuple(exps), pnode))
     return out, book.notes

@@ -66,21 +66,22 @@ def bios_entry(prog: drgn.Program) -> tuple[Optional[int], Optional[str]]:
 
 
 def entry_range(fn: Optional[int], facts: KernelFacts, descs: list[Descriptor],
-                old_memmap: bool, notes: list[str]) -> Optional[Range]:
-    """The page holding the UV BIOS entry, expected executable where BIOS calls run.
+                old_memmap: bool) -> tuple[Optional[Range], list[str]]:
+    """The page holding the UV BIOS entry, expected executable where BIOS calls run, and
+    the notes saying why there is none (returned, not appended: data flows one way).
 
-    None when the entry is unknown, or (noted) when no EFI runtime region holds it: then
-    there is no physical address to hold the mapping against.
+    No range when the entry is unknown, or (noted) when no EFI runtime region holds it:
+    then there is no physical address to hold the mapping against.
     """
     if fn is None:
-        return None
+        return None, []
     page = fn & ~0xFFF
     why = "uv_bios_call() jumps to uv_systab->function"
     if old_memmap:        # function is physical; the kernel's own table serves BIOS calls
         exp = Expectation(INIT_MM, DIRECT, va_for(DIRECT, page, facts), None, executable=True,
                           why=why + " on the kernel page table (EFI old memory map)")
         return Range("UV_BIOS_ENTRY", page, 4096, SOURCE_UV, "UV BIOS entry", None,
-                     (("function", f"0x{fn:x}"),), (exp,))
+                     (("function", f"0x{fn:x}"),), (exp,)), []
     for d in descs:
         if not d.runtime:
             continue
@@ -92,19 +93,19 @@ def entry_range(fn: Optional[int], facts: KernelFacts, descs: list[Descriptor],
             continue
         exp = Expectation(EFI_MM, rule, page, None, executable=True, why=why + " on efi_mm")
         return Range("UV_BIOS_ENTRY", phys, 4096, SOURCE_UV, "UV BIOS entry", None,
-                     (("function", f"0x{fn:x}"), ("efi_region", d.type_name)), (exp,))
-    notes.append(f"UV BIOS entry 0x{fn:x} lies in no EFI runtime region: "
-                      "the firmware's own map does not cover it")
-    return None
+                     (("function", f"0x{fn:x}"), ("efi_region", d.type_name)), (exp,)), []
+    return None, [f"UV BIOS entry 0x{fn:x} lies in no EFI runtime region: "
+                  "the firmware's own map does not cover it"]
 
 
-def systab_range(systab_phys: Optional[int], descs: list[Descriptor],
-                 notes: list[str]) -> Optional[Range]:
+def systab_range(systab_phys: Optional[int], descs: list[Descriptor]
+                 ) -> tuple[Optional[Range], list[str]]:
     """Live stand-in for the BIOS entry, which cannot be read there: the page holding
     UVsystab (the kernel reads it through its own ioremap; the firmware, called on efi_mm,
     through efi_mm) must be mapped in efi_mm where the firmware's runtime descriptor says,
     1:1 and at its EFI VA.  The descriptor's own efi-memmap range checks the whole region;
-    this names the page the BIOS entry depends on."""
+    this names the page the BIOS entry depends on.  Returns the range or the note saying why
+there is none."""
     page = systab_phys & ~0xFFF if systab_phys is not None else None
     for d in descs:
         if page is None or not d.runtime or not d.phys <= page < d.phys + d.size:
@@ -115,8 +116,8 @@ def systab_range(systab_phys: Optional[int], descs: list[Descriptor],
             exps.append(Expectation(EFI_MM, EFI_VA, d.virt + (page - d.phys), None, why=why))
         return Range("UV_SYSTAB", page, 4096, SOURCE_UV, "UVsystab", None,
                      (("uv_systab_phys", f"0x{systab_phys:x}"),
-                      ("efi_region", d.type_name)), tuple(exps))
-    if page is not None:
-        notes.append(f"UVsystab (uv_systab_phys 0x{systab_phys:x}) lies in no EFI "
-                          "runtime region: the firmware's own map does not cover it")
-    return None
+                      ("efi_region", d.type_name)), tuple(exps)), []
+    if page is None:
+        return None, []
+    return None, [f"UVsystab (uv_systab_phys 0x{systab_phys:x}) lies in no EFI "
+                  "runtime region: the firmware's own map does not cover it"]

@@ -38,7 +38,9 @@ HUBLESS, HUBBED = "hubless", "hubbed"
 UV_STATES = (NOT_UV_KERNEL, NOT_UV_HW, HUBLESS, HUBBED, UNREADABLE)
 
 # -- cache modes (x86 PAT names, as /sys/kernel/debug/page_tables prints them) ---------------
-CACHE_MODES = ("WB", "WC", "UC-", "UC", "WT", "WP")
+WB, WC, UC_MINUS, UC, WT, WP = "WB", "WC", "UC-", "UC", "WT", "WP"
+CACHE_MODES = (WB, WC, UC_MINUS, UC, WT, WP)
+UNCACHED = frozenset({UC, UC_MINUS})   # either uncached mode (ioremap() gives UC- on x86)
 BROKEN = "broken"             # an entry selecting no page_cache_mode (x86.py says why)
 CACHE_MODES_SEEN = CACHE_MODES + (BROKEN,)          # what a mapping can be found to have
 

@@ -245,6 +245,10 @@ class X86_64:
         return not eff & NX
 
     @staticmethod
+    def user(eff: int) -> bool:
+        return bool(eff & US)
+
+    @staticmethod
     def perms(eff: int) -> str:
         return perm_string(eff)
 

@@ -53,7 +53,7 @@ def b1(d: Path):
 
 
 def b2a(d: Path):
-    """UV hub info global_mmr_shift = 2**40: ``1 << shift`` in uv._hub_spans.  Now: exit 70
+    """UV hub info global_mmr_shift = 2**40: ``1 << shift`` in uvspans.hub_spans.  Now: exit 70
     "internal error: MemoryError".  Fixed: a note naming the bad shift, UV ranges from hub
     info not checked, the rest checked."""
     k = base_kernel()

@@ -9,11 +9,12 @@ from hypothesis import given, settings, strategies as st
 from mmrwatch.collectors import arch, x86
 
 COLLECTORS = Path(x86.__file__).parent
+AGENT = COLLECTORS.parent / "agent"
 NEUTRAL = ("pagetable", "tables", "linear", "check", "where", "ptdump", "forensics")
 
 
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((COLLECTORS / f"{module}.py").read_text())
+def _imports(module: str, folder: Path = COLLECTORS) -> set[str]:
+    tree = ast.parse((folder / f"{module}.py").read_text())
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -28,6 +29,16 @@ def test_arch_neutral_modules_do_not_import_x86():
     for module in NEUTRAL:
         bad = {m for m in _imports(module) if m == "x86" or m.startswith("x86.")}
         assert not bad, f"collectors/{module}.py imports {sorted(bad)}: use the Arch object"
+
+
+def test_agent_does_not_import_x86():
+    """The agent renders what the collectors found; the words for an entry's protection and
+    cache mode come from ``facts.arch``, so no module in agent/ needs x86's bits."""
+    modules = sorted(p.stem for p in AGENT.glob("*.py"))
+    assert "report" in modules
+    for module in modules:
+        bad = {m for m in _imports(module, AGENT) if "x86" in m.split(".")}
+        assert not bad, f"agent/{module}.py imports {sorted(bad)}: use facts.arch"
 
 
 def test_x86_64_has_every_member_of_the_seam():

@@ -2,7 +2,7 @@
 the research notes (§2-§3) and v6.1 x2apic_uv_x.c, not from mmrwatch's output."""
 import pytest
 
-from mmrwatch.collectors import engine, uv, x86
+from mmrwatch.collectors import efi, engine, uv, uvbios, x86
 from mmrwatch.collectors.check import CRITICAL, OK, WARNING
 from mmrwatch.collectors.target import Target
 from tests.synth import KERNEL, MMR_HI, UC, UV_HUBS, SynthKernel, check, uv_kernel
@@ -267,3 +267,21 @@ def test_working_out_ranges_leaves_the_discovery_result_as_discovered():
         assert [n for n in notes if n.startswith("UV MMR_HI: ")] == [notes[0]]
         assert "MMR_HI" not in {r.name for r in out}
     assert sysm.notes == [] and sysm.problems == {}
+
+
+def test_the_bios_entry_and_systab_ranges_return_their_notes():
+    """uvbios hands back its range or the note saying why there is none (issue 17 item 3:
+    the caller joins the notes; nothing is appended to a list it passed in)."""
+    rt = efi.Descriptor(efi.RUNTIME_CODE, 0x7F000000, 0xFFFFFFFEE0000000, 16,
+                        efi.EFI_MEMORY_RUNTIME)
+    facts = None                                  # not needed off the old memory map
+    (note,) = uvbios.entry_range(0x1000, facts, [rt], False)[1]
+    assert "lies in no EFI runtime region" in note
+    assert uvbios.entry_range(None, facts, [rt], False) == (None, [])
+    entry, notes = uvbios.entry_range(0x7F000123, facts, [rt], False)
+    assert notes == [] and entry.phys == 0x7F000000 and entry.source == uv.SOURCE_UV
+    (note,) = uvbios.systab_range(0x1000, [rt])[1]
+    assert "UVsystab (uv_systab_phys 0x1000) lies in no EFI runtime region" in note
+    assert uvbios.systab_range(None, [rt]) == (None, [])
+    tab, notes = uvbios.systab_range(0x7F000040, [rt])
+    assert notes == [] and tab.phys == 0x7F000000

@@ -4,7 +4,7 @@ string and the rules, not from mmrwatch's output."""
 import drgn
 import pytest
 
-from mmrwatch.collectors import printk, uv, uvlog
+from mmrwatch.collectors import printk, uv, uvlog, uvspans
 from mmrwatch.collectors.uvlog import LoggedMap
 
 MMR, GRU, MMIOH = 0x3FFF0000000, 0x7FF00000000, 0x6000000000
@@ -53,7 +53,7 @@ def test_log_that_agrees_changes_nothing():
     logged = [LoggedMap("MMR", MMR, MMR + (2 << 26), "UC", 2),
               LoggedMap("GRU", GRU, GRU + (2 << 28), "WB", 2)]
     assert uv.segments(_sysm(logged=logged)) == uv.segments(_sysm())
-    assert uv._log_disagreements(_sysm(logged=logged)) == []
+    assert uvspans.log_disagreements(_sysm(logged=logged)) == []
 
 
 def test_mmr_hi_is_checked_where_the_kernel_addresses_it_and_a_disagreement_is_flagged():
@@ -63,13 +63,13 @@ def test_mmr_hi_is_checked_where_the_kernel_addresses_it_and_a_disagreement_is_f
     real = 0x1FFF0000000
     s = _sysm(logged=[LoggedMap("MMR", real, real + (2 << 26), "UC", 2)])
     assert _hi(uv.segments(s), "MMR_HI") == [(MMR, 1 << 26, 0), (MMR + (1 << 26), 1 << 26, 1)]
-    (note,) = uv._log_disagreements(s)
+    (note,) = uvspans.log_disagreements(s)
     assert note.startswith("MMR_HI disagreement") and "0x3fff0000000-0x3fff8000000" in note \
         and "0x1fff0000000-0x1fff8000000" in note
 
 
 def test_mmr_hi_without_the_boot_line_says_it_came_from_hub_info():
-    (note,) = uv._log_disagreements(_sysm())
+    (note,) = uvspans.log_disagreements(_sysm())
     assert note.startswith("MMR_HI from hub info") and "boot line is not in the log" in note
 
 

@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from mmrwatch.collectors import check, ranges, uv, vocab, x86
+from mmrwatch.collectors import check, engine, ranges, uv, vocab, x86
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
 
 SCHEMA = json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())
@@ -47,3 +47,14 @@ def test_the_collectors_use_the_vocabulary():
     assert check.SEVERITY_ORDER is vocab.SEVERITY_ORDER
     assert (uv.NOT_UV_KERNEL, uv.NOT_UV_HW, uv.HUBLESS, uv.HUBBED) == vocab.UV_STATES[:4]
     assert list(vocab.SEVERITY_ORDER) == list(vocab.SEVERITIES)
+
+
+def test_the_sources_are_labelled_from_the_vocabulary(tmp_path):
+    """A source's label is its ranges' ``source`` and its summary's key (the report's uv
+    block is ``summaries[SOURCE_UV]``): the engine names them with vocab's words."""
+    assert engine.label_of(engine.uv_source) == vocab.SOURCE_UV
+    assert engine.label_of(engine.efi_source) == vocab.SOURCE_EFI
+    toml = tmp_path / "ranges.toml"
+    toml.write_text('[[range]]\nname = "x"\nstart = 0x1000\nsize = 4096\n')
+    assert engine.label_of(engine.file_source(toml)) == vocab.SOURCE_CONFIG
+    assert ranges.CACHE_ALIASES["uncached"] == vocab.UNCACHED == {vocab.UC, vocab.UC_MINUS}
