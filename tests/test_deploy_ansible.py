@@ -22,7 +22,7 @@ from tests.bed.kernels import debian_kernel
 from tests.bed.prom import Prometheus, dashboard_queries
 from tests.bed.sysguest import SystemGuest
 
-pytestmark = [pytest.mark.realkernel, pytest.mark.sysguest]
+pytestmark = [pytest.mark.realkernel, pytest.mark.sysguest, pytest.mark.ansible]
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
