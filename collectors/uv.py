@@ -1,15 +1,17 @@
 """SGI/HPE UV hub MMR ranges, discovered from kernel state alone (no MMR reads).
 
 What ``uv_system_init()`` maps with ``init_extra_mapping_uc/wb()`` (2 MiB pages in init_mm at
-``page_offset_base + phys``), per hub type and kernel generation (research notes §2-§3,
-checked against v6.1 ``arch/x86/kernel/apic/x2apic_uv_x.c``):
+``page_offset_base + phys``), per hub type and kernel generation, from
+``arch/x86/kernel/apic/x2apic_uv_x.c`` (read in v5.9, v6.1 and v6.12):
 
 * LOCAL_MMR   0xfa000000/32 MiB (UV1: 0xf4000000/64 MiB), UC;
 * GLOBAL_MMR32 0xfc000000/32 MiB on UV2/UV3; 16 MiB on UV4 before v5.10; none on UV4/UV5
-  from v5.10 (decided by the hub info having ``hub_type``, which v5.10 added);
+  from v5.10 (decided by the hub info having ``hub_type``, which "x86/platform/uv: Update
+  UV MMRs for UV5", 647128f1536e, v5.10, added);
 * MMR_HI  ``global_mmr_base`` (masked), ``1 << shift`` per pnode up to max_pnode, UC;
 * GRU_HI  ``[gru_start_paddr, gru_end_paddr)``, WB;
-* MMIOH   recorded only in the kernel's boot message (UV2; v5.10+ ``UV: Map MMIOH_HI``):
+* MMIOH   recorded only in the kernel's boot message (UV2 only from "x86/platform/uv: Update
+  MMIOH references based on new UV5 MMRs", ffe2febca430, v5.10; ``UV: Map MMIOH_HI``):
   checked when that line is still in the printk ring, else reported as a note;
 * the boot messages also say which MMR_HI/GRU_HI span the kernel really mapped (from the
   overlay registers); when it differs from the hub info, the logged span is checked;

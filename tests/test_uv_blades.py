@@ -5,7 +5,7 @@ each hub type with 1, 2 and 8 blades, each dumped in the pause that wrote it; th
 with a fault in every range (``uvinject.many_faults``, plus a UV BIOS entry on an NX page), checked on a dump of the running
 guest, live inside the guest on its /proc/kcore, and in a real kdump of the crashed guest.
 
-Expected findings are written from the rules (research notes §2-§3, v6.1
+Expected findings are written from the kernel's rules (v6.1
 ``uv_system_init_hub``/``map_mmr_high``/``map_gru_high``): MMR_HI is ``1 << shift`` bytes
 per pnode (shift 25 on UV5, else 26), GRU_HI ``1 << gshift`` per pnode (25 UV5, 26 UV4/UV4A,
 28 UV2/UV3), GLOBAL_MMR32 only on UV2/UV3 from v5.10, all in init_mm at page_offset_base +

@@ -4,7 +4,7 @@ guest on its /proc/kcore, on each UV kernel (6.1 and 6.12: ``uvk``).  Multi-blad
 personalities, and every fault at once in a dump, live
 and in a real kdump, are in test_uv_blades.py.
 
-Expected findings are written from the rules (research notes §2.4): MMRs in init_mm at
+Expected findings are written from the kernel's rules (x2apic_uv_x.c, efi_64.c): MMRs in init_mm at
 page_offset_base + phys, 2 MiB, UC; efi_mm sees them through the kernel half it copies
 from init_mm at every EFI call; a runtime-MMIO MMR is also mapped 1:1 in efi_mm.
 """

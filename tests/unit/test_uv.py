@@ -1,5 +1,6 @@
 """UV discovery and expectations on mock programs; expected values come from the rules in
-the research notes (§2-§3) and v6.1 x2apic_uv_x.c, not from mmrwatch's output."""
+v6.1 arch/x86/kernel/apic/x2apic_uv_x.c (uv_system_init_hub, map_low_mmrs, map_mmr_high,
+map_gru_high), not from mmrwatch's output."""
 import pytest
 
 from mmrwatch.collectors import efi, engine, uv, uvbios, x86
@@ -188,7 +189,7 @@ def test_old_memmap_checks_the_entry_in_init_mm(mapped):
 @pytest.mark.parametrize("window_tib,warned", [(1, True), (11, False)])
 def test_mmr_direct_map_address_beyond_the_direct_map_window(window_tib, warned):
     """KASLR sizes the direct-map window from RAM + padding; MMR_HI at ~4 TiB with a 1 TiB
-    window is mapped into vmalloc space (arch/x86/mm/kaslr.c, research notes §2.4)."""
+    window is mapped into vmalloc space (arch/x86/mm/kaslr.c, kernel_randomize_memory())."""
     k = uv_kernel("UV4", 1)
     k.vmalloc_base = k.pob + (window_tib << 40)
     res = check(k, UV)
