@@ -117,13 +117,18 @@ def _build_debian(abi: str, out: Path, apt: list[str]) -> None:
         log(f"Debian kernel {abi} ready in {time.monotonic() - t0:.0f} s")
 
 
+def debian_cache_name(abi: str) -> str:
+    """The cache entry of a Debian kernel ("-sm": with its System.map)."""
+    return f"kernels/debian-{abi}-sm"
+
+
 def debian_kernel(suite: str = "bookworm") -> Kernel:
     """A Debian suite's current kernel: image, modules, DWARF vmlinux and System.map,
     downloaded once per ABI (bookworm: 6.1, the stock kernel; bullseye: 5.10, a kernel
     before kallsyms in VMCOREINFO)."""
     apt = _apt_suite(suite)
     abi = debian_abi(suite)
-    d = provide(f"kernels/debian-{abi}-sm", lambda out: _build_debian(abi, out, apt))
+    d = provide(debian_cache_name(abi), lambda out: _build_debian(abi, out, apt))
     return Kernel("debian" if suite == "bookworm" else f"debian-{suite}", abi, d / "bzImage",
                   d / "vmlinux", d, d / "System.map")
 

@@ -224,16 +224,15 @@ def test_synthetic_types():
 def _debian_vmlinux() -> str:
     """The cached Debian vmlinux; locally a skip when it is not cached (no 930 MB download
     from a unit test), in CI provisioned like every other artefact: never a skip."""
-    from tests.bed.cache import cache_root
-    from tests.bed.kernels import debian_abi, debian_kernel
+    from tests.bed.cache import cache_root, cached
+    from tests.bed.kernels import debian_abi, debian_cache_name, debian_kernel
     if not os.environ.get("CI"):
         try:
             abi = debian_abi()
         except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
             pytest.skip(f"cannot tell the current Debian kernel ABI: {e}")
-        d = cache_root() / f"kernels/debian-{abi}"
-        if not (d / ".done").exists():
-            pytest.skip(f"Debian {abi} vmlinux not cached in {d} "
+        if not cached(debian_cache_name(abi)):
+            pytest.skip(f"Debian {abi} vmlinux not cached in {cache_root()} "
                         "(python -m tests.bed.kernels side provisions it)")
     return str(debian_kernel().vmlinux)
 
