@@ -245,7 +245,8 @@ def uv_kernel(series: str = "6.1") -> Kernel:
     """A UV-enabled kernel of ``series`` (6.1, 6.12), built once per source version and
     fragment."""
     if os.environ.get("MMRWATCH_NO_UV_KERNEL"):
-        # tests/run's first phase runs beside the UV build; waiting here would serialise it
+        # tests/run's streams that need no UV kernel run beside its build; waiting here would
+        # serialise them
         raise RuntimeError("this test needs the UV kernel: mark it `uvkernel` (tests/run "
                            "runs those after the background build)")
     d = provide(uv_cache_name(series), lambda out: _build_uv(out, series))
