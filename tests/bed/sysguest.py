@@ -21,7 +21,7 @@ from typing import Optional
 from .cache import log, provide, run
 from .initramfs import _module_paths_for, pack
 from .kernels import Kernel
-from .qemu import OVMF_CODE, OVMF_VARS
+from .qemu import OVMF_CODE, OVMF_VARS, TCG_CMDLINE
 
 PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "python3",
             "python3-venv", "iproute2", "ca-certificates"]
@@ -110,7 +110,8 @@ class SystemGuest:
                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
                "-kernel", str(self.kernel.bzimage), "-initrd", str(disk_initramfs(self.kernel)),
-               "-append", "console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=0",
+               "-append", f"console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=0 "
+                          f"{TCG_CMDLINE}",
                "-drive", f"file={overlay},if=virtio,format=qcow2",
                "-netdev", f"user,id=n0{fwd}", "-device", "virtio-net-pci,netdev=n0",
                "-virtfs", f"local,path={self.kernel.vmlinux.parent},mount_tag=kernel,security_model=none,"
