@@ -39,7 +39,8 @@ CACHE_MODE_NAMES = vocab.CACHE_MODES
 # A table entry that is no page_cache_mode (6, 7, garbage): the kernel's own word for it
 # (cattr_name() in arch/x86/mm/pat/memtype.h); reports and the JSON schema use it as is.
 BROKEN = vocab.BROKEN
-# Linux's IA32_PAT layout since v4.14 (pat_bp_init): WB, WC, UC-, UC, WB, WP, UC-, WT.
+# Linux's IA32_PAT layout, as v6.1's pat_init() (arch/x86/mm/pat/memtype.c) programs it on a CPU
+# with a full PAT: WB, WC, UC-, UC, WB, WP, UC-, WT.
 DEFAULT_PTE2CACHEMODE = (0, 1, 2, 3, 0, 5, 2, 4)
 
 
