@@ -170,8 +170,10 @@ class Guest:
         once died 1.1 s into a boot with "Oops: int3" in sched_clock_cpu(), a breakpoint
         left from a boot-time jump-label patch (text_poke_bp) seen by the other vCPU, which
         we put down to multi-threaded TCG's cross-vCPU code modification (once in the first
-        dozen boots; never on 6.1), not to anything under test.  The failed boot's console
-        is kept as console.boot<N>.log."""
+        dozen boots; never on 6.1), not to anything under test.  A boot that hangs (no ready
+        line within ``timeout``: once a 6.12 guest stalled in RCU, "timer wakeup didn't
+        happen", with five test streams on two cores) is killed and booted once more too.
+        The failed boot's console is kept as console.boot<N>.log."""
         t0 = time.monotonic()
         for attempt in range(1, self.BOOT_ATTEMPTS + 1):
             for stale in (self.console, self.qmp_path):   # a reused work dir must not fool us
@@ -183,14 +185,16 @@ class Guest:
             try:
                 self.wait_console("MMRWATCH-READY", timeout)
                 break
-            except RuntimeError:                    # QEMU exited: the kernel died (panic=-1)
-                if attempt == self.BOOT_ATTEMPTS:
+            except (RuntimeError, TimeoutError):     # QEMU exited (panic=-1), or a boot hung
+                if attempt == self.BOOT_ATTEMPTS:    # (an RCU stall of a starved TCG timer)
                     raise
+                if self.proc.poll() is None:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 died = self.console.read_text(errors="replace")
                 self.console.replace(self.dir / f"console.boot{attempt}.log")
                 why = next((ln.strip() for ln in died.splitlines() if "Oops" in ln or
-                            "Kernel panic" in ln), "no panic line")
+                            "Kernel panic" in ln or "rcu:" in ln), "no panic line")
                 log(f"{self.kernel.name} kernel died while booting ({why}): booting again")
         self.boot_seconds = time.monotonic() - t0
         log(f"{self.kernel.name} kernel booted ({self.spec.firmware}, "
