@@ -230,7 +230,7 @@ def cmd_where(args: argparse.Namespace) -> int:
         space = ctx.spaces[name]
         if not space.has_table:
             missing_tables.append(f"{name} has no page table: {space.reason}")
-        hits += where.reverse(walker, ctx.facts, space, pas, markers, _progress)
+        hits += where.reverse(walker, space, pas, markers, _progress)
     _progress_done()
     for pa in pas:
         print(f"PA 0x{pa:x}")

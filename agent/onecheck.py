@@ -35,4 +35,4 @@ def run(open_target: Callable[[], Target], sources: list[engine.RangeSource],
         raise
     except WalkTimeout:
         raise CheckTimeout(timeout) from None
-    return from_result(res, started, res.unconfirmed)
+    return from_result(res, started)

@@ -108,7 +108,7 @@ def _range_state(rng, findings: list[Finding]) -> RangeState:
                       rng.kind, rng.phys, rng.size, unmapped, wrong, stale, sev)
 
 
-def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snapshot:
+def from_result(res: CheckResult, started: float) -> Snapshot:
     """Condense a check into a snapshot (``started`` is the wall-clock start time)."""
     states = tuple(_range_state(r, res.findings_of(r)) for r in res.ranges)
     counts = res.severity_counts()
@@ -117,7 +117,7 @@ def from_result(res: CheckResult, started: float, unconfirmed: int = 0) -> Snaps
         key=lambda f: (-SEVERITY_ORDER[f.severity], f.range.phys, f.mm)))
     mms = {name: (TABLE if s.has_table else s.reason) for name, s in res.spaces.items()}
     info = res.target.debuginfo
-    return Snapshot(started, res.seconds, res.verdict, states, problems, counts, unconfirmed,
+    return Snapshot(started, res.seconds, res.verdict, states, problems, counts, res.unconfirmed,
                     res.facts.release, res.facts.levels, mms, dict(res.summaries.get(SOURCE_UV, {})),
                     res.table_reads, info.types if info else "dwarf",
                     info.symbols if info else "dwarf")

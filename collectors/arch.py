@@ -72,9 +72,6 @@ class Arch(Protocol):
     def effective(self, prev: int, val: int, first: bool) -> int:
         """Protection through the levels so far, this entry included."""
 
-    def leaf_flags(self, val: int, level: int) -> int:
-        """A leaf's flag bits (what two mergeable leaves share)."""
-
     def cache_mode(self, val: int, level: int) -> str:
         """Name of the cache mode a leaf selects ("WB", "UC", ...)."""
 

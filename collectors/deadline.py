@@ -1,6 +1,6 @@
 """When a check must stop: a deadline, a cancellation from another thread, or both.
 
-The walker consults it between table reads (``pagetable.TableReader``), so a check on a
+The walker consults it between table reads (``tables.TableReader``), so a check on a
 huge or hostile table ends at its deadline, and a daemon that is asked to stop (SIGTERM)
 ends the check it is running within one table read instead of waiting for it to finish.
 Checking costs one attribute test and, for the cancellation, one ``Event.is_set()``: far

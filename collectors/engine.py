@@ -38,6 +38,12 @@ class Context:
     notes: tuple[str, ...] = ()     # the kernel's and the EFI map's, before any source's
     memmap_fault: str = ""          # why efi.memmap could not be read ("" when it could)
 
+    @cached_property
+    def sane_descs(self) -> list[efi.Descriptor]:
+        """The descriptors other sources may rely on (garbage ones are efi_source's to
+        report), judged once per check however many sources ask."""
+        return [d for d in self.efi_descs if not d.problem(self.facts.levels)]
+
 
 @dataclass(frozen=True)
 class Collected:
@@ -106,15 +112,10 @@ def efi_source(ctx: Context) -> Collected:
 efi_source.label = SOURCE_EFI        # type: ignore[attr-defined]
 
 
-def _sane(ctx: Context) -> list[efi.Descriptor]:
-    """The descriptors other sources may rely on (garbage ones are efi_source's to report)."""
-    return [d for d in ctx.efi_descs if not d.problem(ctx.facts.levels)]
-
-
 def uv_source(ctx: Context) -> Collected:
     """UV hub MMR ranges (none on non-UV kernels, non-UV hardware and hubless systems)."""
     sysm = uv.discover(ctx.prog)
-    out, notes = uv.ranges(sysm, ctx.facts, _sane(ctx), ctx.spaces[EFI_MM].old_memmap)
+    out, notes = uv.ranges(sysm, ctx.facts, ctx.sane_descs, ctx.spaces[EFI_MM].old_memmap)
     return Collected(out, sysm.notes + notes, sysm.summary())
 uv_source.label = SOURCE_UV          # type: ignore[attr-defined]
 
@@ -124,7 +125,7 @@ def file_source(path: Path) -> RangeSource:
     specs = userranges.load(path)
 
     def source(ctx: Context) -> Collected:
-        descs = _sane(ctx)
+        descs = ctx.sane_descs
         return Collected(userranges.to_ranges(specs, ctx.facts,
                                               lambda pa: efi.efi_va_of(descs, pa)))
     source.label = SOURCE_CONFIG     # type: ignore[attr-defined]

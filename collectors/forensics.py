@@ -175,7 +175,7 @@ def _last_oops(lines: list[str]) -> tuple[Optional[int], int]:
     return None, -1
 
 
-def translate(walker: Walker, facts: KernelFacts, name: str, root_pa: Optional[int],
+def translate(walker: Walker, name: str, root_pa: Optional[int],
               va: int, why_none: str = "") -> Translation:
     if root_pa is None:
         return Translation(name, None, note=f"no page table: {why_none}")
@@ -257,11 +257,11 @@ def analyse(prog: drgn.Program, facts: KernelFacts, spaces: dict[str, AddressSpa
         m = next((m for m in map(_CPU.match, block) if m), None)
         if m and pcpu is None:
             c.panic_cpu = int(m.group(1))
-        c.translations = [translate(walker, facts, n, spaces[n].root_pa, addr, spaces[n].reason)
+        c.translations = [translate(walker, n, spaces[n].root_pa, addr, spaces[n].reason)
                           for n in (INIT_MM, EFI_MM)]
         cur = next((s for s in c.cpus if s.crashed), None)
         if cur is not None and cur.shared_kernel_half:
-            c.translations.insert(0, translate(walker, facts, cur.mm, cur.root_pa, addr))
+            c.translations.insert(0, translate(walker, cur.mm, cur.root_pa, addr))
         c.fault_region = describe(addr, facts, ranges, descs)
     elif c.crashed:
         c.log_excerpt = [ln for ln in lines[-60:] if ln.startswith(_KEEP)][-12:]

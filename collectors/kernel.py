@@ -19,7 +19,7 @@ import drgn
 from . import faults, x86
 from .errors import DATA, TargetError, one_line
 from .pagetable import TableReader, Walker
-from .x86 import EFI_VA_END, EFI_VA_START, START_KERNEL_MAP  # noqa: F401 (re-exported)
+from .x86 import START_KERNEL_MAP
 
 T = TypeVar("T")
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
 from .arch import Arch
-from .deadline import Deadline, DeadlineSpec, WalkCancelled, WalkTimeout, as_deadline  # noqa: F401
+from .deadline import Deadline, WalkCancelled, WalkTimeout  # noqa: F401 (the walker's API)
 from . import linear
-from .tables import ReadPhys, TableFault, TableReader  # noqa: F401 (the walker's API)
+from .tables import TableFault, TableReader  # noqa: F401 (the walker's API)
 
 LeafFn = Callable[[int, int, int, int, int], None]   # level, va, size, val, eff
 HoleFn = Callable[[int, int, int], None]              # level, va, size
@@ -337,7 +337,6 @@ class Extent:
     val: int        # the first entry (flags are the same for the whole extent)
     eff: int        # effective protection through upper levels
     page_size: int
-    flags: int      # the leaf's flag bits (``Arch.leaf_flags``)
 
     def clipped(self, va: int, size: int) -> Optional[Extent]:
         """This extent cut to ``[va, va + size)`` (a 2 MiB leaf may start before a 4 KiB
@@ -346,7 +345,7 @@ class Extent:
         if lo >= hi:
             return None
         return Extent(lo, self.pa + (lo - self.va), hi - lo, self.level, self.val, self.eff,
-                      self.page_size, self.flags)     # not dataclasses.replace(): 10x slower
+                      self.page_size)     # not dataclasses.replace(): 10x slower
 
 
 def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Extent]:
@@ -368,4 +367,4 @@ def extents(walker: Walker, root_pa: int, start: int, end: int) -> Iterator[Exte
         runs.append([va, pa, size, level, val, eff])
 
     walker.walk(root_pa, start, end, leaf)
-    return (Extent(*r, arch.level_size(r[3]), arch.leaf_flags(r[4], r[3])) for r in runs)
+    return (Extent(*r, arch.level_size(r[3])) for r in runs)

@@ -71,13 +71,19 @@ def kernel_lines(prog: drgn.Program, prefix: str) -> list[str]:
     return lines
 
 
-def _lockless(prog: drgn.Program, prb: drgn.Object) -> Log:
-    from drgn.helpers.linux.printk import get_printk_records
-    ring = prb.desc_ring
+def _count_bits(ring: drgn.Object) -> int:
+    """``desc_ring.count_bits``, checked: both ring readers size their work by it."""
     count_bits = int(ring.count_bits)
     if not 0 <= count_bits < 32:
         raise ValueError(f"printk desc_ring.count_bits {count_bits} (a ring of 2^{count_bits} "
                          "descriptors is no kernel's)")
+    return count_bits
+
+
+def _lockless(prog: drgn.Program, prb: drgn.Object) -> Log:
+    from drgn.helpers.linux.printk import get_printk_records
+    ring = prb.desc_ring
+    count_bits = _count_bits(ring)
     head = ring.head_id.counter.value_() & _ID_MASK
     tail = ring.tail_id.counter.value_() & _ID_MASK
     if (head - tail) % (1 << _ID_BITS) >= 1 << count_bits:
@@ -145,10 +151,7 @@ def _scan_text_ring(prog: drgn.Program, prefix: bytes) -> Optional[list[str]]:
         raise ValueError(f"printk text_data_ring.size_bits {bits}")
     size = 1 << bits
     raw = prog.read(tr.data.value_(), size)
-    count_bits = int(dr.count_bits)
-    if not 0 <= count_bits < 32:
-        raise ValueError(f"printk desc_ring.count_bits {count_bits}")
-    mask = (1 << count_bits) - 1
+    mask = (1 << _count_bits(dr)) - 1
     desc_t, info_t = prog.type("struct prb_desc"), prog.type("struct printk_info")
     descs, infos = dr.descs.value_(), dr.infos.value_()
     good = {int(prog[n].value_()) for n in ("desc_committed", "desc_finalized")}

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import drgn
 
 from .errors import TargetError, one_line
+from .x86 import START_KERNEL_MAP
 
-START_KERNEL_MAP = 0xFFFFFFFF80000000
 PROC_KALLSYMS = "/proc/kallsyms"
 _KALLSYMS_VMCOREINFO = "SYMBOL(kallsyms_num_syms)"
 MAX_MAP = 256 << 20

@@ -11,7 +11,6 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .kernel import KernelFacts
 from .mm import AddressSpace
 from .pagetable import Walker
 from .ptdump import Marker
@@ -28,8 +27,7 @@ class Hit:
     area: str                # the kernel's address marker for va ("Low Kernel Mapping", ...)
 
 
-def _area(markers: list[Marker], va: int, user_end: int) -> str:
-    starts = [m.start for m in markers]
+def _area(markers: list[Marker], starts: list[int], va: int, user_end: int) -> str:
     i = bisect.bisect_right(starts, va) - 1
     name = markers[i].name if i >= 0 else None
     if va < user_end or name == "User Space":
@@ -37,7 +35,7 @@ def _area(markers: list[Marker], va: int, user_end: int) -> str:
     return name or "?"
 
 
-def reverse(walker: Walker, facts: KernelFacts, space: AddressSpace, pas: list[int],
+def reverse(walker: Walker, space: AddressSpace, pas: list[int],
             markers: list[Marker], progress: Callable[[str], None] = lambda s: None
             ) -> list[Hit]:
     """Every mapping of each of ``pas`` in ``space`` (empty when it has no table)."""
@@ -47,6 +45,7 @@ def reverse(walker: Walker, facts: KernelFacts, space: AddressSpace, pas: list[i
     hits: list[Hit] = []
     arch = walker.arch
     user, kernel = arch.halves()
+    starts = [m.start for m in markers]
 
     def leaf(level: int, va: int, size: int, val: int, eff: int) -> None:
         if not arch.present(val):
@@ -58,7 +57,7 @@ def reverse(walker: Walker, facts: KernelFacts, space: AddressSpace, pas: list[i
             va_hit = va + (pa - base)
             hits.append(Hit(space.name, pa, va_hit, arch.level_size(level),
                             arch.cache_mode(val, level), arch.perms(eff),
-                            _area(markers, va_hit, user[1])))
+                            _area(markers, starts, va_hit, user[1])))
             i += 1
 
     for (lo, hi), half in ((user, "user"), (kernel, "kernel")):

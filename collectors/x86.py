@@ -174,7 +174,7 @@ class X86_64:
 
     def halves(self) -> tuple[tuple[int, int], tuple[int, int]]:
         top = 1 << (self.va_bits - 1)
-        return (0, top), (canonical(top, self.levels), 1 << 64)
+        return (0, top), (self.canonical(top), 1 << 64)
 
     # -- entries ---------------------------------------------------------------------------
     @staticmethod
@@ -227,11 +227,6 @@ class X86_64:
         if first:
             return prot
         return (prev & prot & (US | RW)) | ((prev | prot) & NX)
-
-    @staticmethod
-    def leaf_flags(val: int, level: int) -> int:
-        """A leaf's flag bits, the PAT bit of a huge leaf (bit 12) not counted as address."""
-        return val & PTE_FLAGS_MASK & ~(PAT_LARGE if level != PTE else 0)
 
     # -- protection and cache mode -----------------------------------------------------------
     def cache_mode(self, val: int, level: int) -> str:

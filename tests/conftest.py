@@ -29,9 +29,9 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """A test booting a UV-kernel plan needs that kernel even when its module is not marked
-    (tests/run runs those after the background builds; ``-m`` sees these marks): every UV
-    test is ``uvkernel``, and the 6.12 ones (``uvk`` = uv612, or a uv612-* plan) also
-    ``uv612``, which tests/run runs last, after that kernel's build."""
+    (tests/run runs those in its UV streams, each after its kernel's build; ``-m`` sees these
+    marks): every UV test is ``uvkernel``, and the 6.12 ones (``uvk`` = uv612, or a uv612-*
+    plan) also ``uv612``."""
     from tests.bed.boots import PLANS
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

@@ -56,10 +56,10 @@ def provide(name: str, build: Callable[[Path], None]) -> Path:
     into place, so a crash mid-build is rebuilt next time instead of being trusted.
     """
     final = cache_root() / name
-    if (final / ".done").exists():
+    if cached(name):
         return final
     with locked(name):
-        if (final / ".done").exists():
+        if cached(name):
             return final
         tmp = scratch(name)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -197,7 +197,7 @@ def _build_uv(out: Path, series: str = "6.1") -> None:
     wanted.write_text(FRAGMENT.read_text() + (extra.read_text() if extra is not None else ""))
     run(["make", "-s", "-C", str(src), f"O={work}", f"KCONFIG_ALLCONFIG={wanted}",
          "allnoconfig"], stdout=subprocess.DEVNULL)
-    _verify_config(cfg, extra)
+    _verify_config(cfg, wanted.read_text())
     jobs = str((os.cpu_count() or 2) + 1)
     log(f"building bzImage with -j{jobs} (about 7 min on 2 idle cores; output in {out}/build.log)")
     with open(out / "build.log", "w") as logf:
@@ -214,15 +214,15 @@ def _build_uv(out: Path, series: str = "6.1") -> None:
     log(f"UV kernel {release} built in {time.monotonic() - t0:.0f} s")
 
 
-def _verify_config(cfg: Path, extra: Path | None = None) -> None:
-    """Refuse a config where Kconfig silently dropped or changed one of our requests."""
+def _verify_config(cfg: Path, text: str) -> None:
+    """Refuse a config where Kconfig silently dropped or changed one of our requests (the
+    fragment ``text``)."""
     have = {}
     for line in cfg.read_text().splitlines():
         if line.startswith("CONFIG_") and "=" in line:
             k, v = line.split("=", 1)
             have[k] = v
     missing = []
-    text = FRAGMENT.read_text() + (extra.read_text() if extra is not None else "")
     renamed = {ln.split()[-1] for ln in text.splitlines() if ln.startswith("# renames ")}
     for line in text.splitlines():
         line = line.strip()

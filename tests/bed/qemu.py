@@ -188,9 +188,7 @@ class Guest:
             except (RuntimeError, TimeoutError):     # QEMU exited (panic=-1), or a boot hung
                 if attempt == self.BOOT_ATTEMPTS:    # (an RCU stall of a starved TCG timer)
                     raise
-                if self.proc.poll() is None:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.stop()
                 died = self.console.read_text(errors="replace")
                 self.console.replace(self.dir / f"console.boot{attempt}.log")
                 why = next((ln.strip() for ln in died.splitlines() if "Oops" in ln or
@@ -268,7 +266,9 @@ class Guest:
     def paused(self) -> Iterator[None]:
         """The guest stopped for the block (no guest instruction runs: what is dumped or
         written there is one consistent state), running again after it, whatever happens.
-        Stopping a stopped guest is a no-op, so a caller that paused it already may nest."""
+        It may be entered with the guest already stopped (stopping a stopped guest is a
+        no-op, e.g. after ``uvinject.inject(resume=False)``); it runs again after the block
+        either way."""
         self.pause()
         try:
             yield

@@ -60,7 +60,7 @@ class Build:
         done, total = self._compiled(), CC_LINES[self.series]
         if not done:
             return (f"UV kernel {self.series}: fetching and configuring the source "
-                    f"({mins:.0f} min so far; the build takes ~15 min on 2 cores)")
+                    f"({mins:.0f} min so far; ~{total} objects to compile)")
         now = time.monotonic()
         if self.first_cc is None:
             self.first_cc, self.first_done = now, done

@@ -335,14 +335,16 @@ def inject(guest: Guest, fn, resume: bool = True) -> None:
     ``resume=False`` leaves it paused, so a dump taken next sees exactly this state: no
     guest instruction (an EFI call re-syncing efi_mm, say) runs in between.
     """
-    guest.pause()
-    try:
+    def write() -> None:
         gm = GuestMemory(guest)
         fn(gm)
         gm.ram.flush()
-    finally:
-        if resume:
-            guest.resume()
+    if resume:
+        with guest.paused():
+            write()
+    else:
+        guest.pause()
+        write()
 
 
 MMR_SEG = {"UV5": 32 << 20}            # MMR_HI bytes per blade (1 << overlay BASE_SHFT)

@@ -10,7 +10,7 @@ from mmrwatch.collectors import engine, vocab
 from mmrwatch.collectors.deadline import Deadline
 from mmrwatch.collectors.errors import CheckTimeout, MmrwatchError, RangesError, TargetError
 from mmrwatch.collectors.target import Target
-from tests.synth import SynthKernel
+from tests.synth import SynthKernel, target
 
 # The contract, written out (not derived from the table): kind -> (exit, label, Nagios).
 CONTRACT = {
@@ -54,7 +54,7 @@ def _target() -> Target:
     """A small synthetic kernel (no UV, direct map only), live so that confirm re-walks."""
     k = SynthKernel(ram_mib=32)
     k.direct_map_ram()
-    return Target(k.program(), "synth", True, "synth", None, None)
+    return target(k, live=True)
 
 
 def test_the_monitor_labels_a_ranges_file_broken_on_reload_config():

@@ -1,14 +1,12 @@
 """The JSON Schema's enums are the code's vocabularies (``collectors/vocab.py``): a word added
 or renamed on one side only fails here, before a report the schema rejects is written."""
-import json
-from importlib import resources
-
 import pytest
 
 from mmrwatch.collectors import check, engine, ranges, uv, vocab, x86
 from mmrwatch.collectors.mm import EFI_MM, INIT_MM
+from tests.synth import report_schema
 
-SCHEMA = json.loads(resources.files("mmrwatch").joinpath("report.schema.json").read_text())
+SCHEMA = report_schema()
 PROPS = SCHEMA["properties"]
 EXPECTATION = PROPS["ranges"]["items"]["properties"]["expectations"]["items"]["properties"]
 

@@ -106,7 +106,7 @@ def test_non_linear_leaf_table_is_kept_and_walked_entry_by_entry():
     k.map(k.init_root, va, pa, 2 << 20, 4096, KERNEL | UC)
     k.map(k.init_root, va + 5 * 4096, pa + 5 * 4096, 4096, 4096, KERNEL)   # one WB page
     w = _walker(k)
-    got = [(e.va - va, e.size // 4096, e.flags & UC) for e in extents(w, k.init_root, va, va + (2 << 20))]
+    got = [(e.va - va, e.size // 4096, e.val & UC) for e in extents(w, k.init_root, va, va + (2 << 20))]
     assert got == [(0, 5, UC), (5 * 4096, 1, 0), (6 * 4096, 506, UC)]
     assert len(w.reader._cache) == 4
 

@@ -20,7 +20,7 @@ def test_reverse_finds_every_mapping_we_made():
     walker = kernel.make_walker(prog, facts)
     pa1, pa2, ram = mmr + 0x1234, mmr + (2 << 20) + 8, 0x5000
     hits = {(h.mm, h.pa, h.va, h.page_size, h.area) for s in spaces.values()
-            for h in where.reverse(walker, facts, s, [pa1, pa2, ram, 0xDEAD000000], markers)}
+            for h in where.reverse(walker, s, [pa1, pa2, ram, 0xDEAD000000], markers)}
     want = {("init_mm", pa1, k.pob + pa1, 1 << 21, "Low Kernel Mapping"),
             ("init_mm", pa2, k.pob + pa2, 1 << 21, "Low Kernel Mapping"),
             ("init_mm", ram, k.pob + ram, 1 << 21, "Low Kernel Mapping"),
