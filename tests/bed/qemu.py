@@ -174,6 +174,13 @@ class Guest:
         line within ``timeout``: once a 6.12 guest stalled in RCU, "timer wakeup didn't
         happen", with five test streams on two cores) is killed and booted once more too.
         The failed boot's console is kept as console.boot<N>.log."""
+        try:
+            return self._boot(timeout)
+        except BaseException:    # a failed boot, Ctrl-C, SIGTERM: `with` never reaches __exit__
+            self.stop()          # for an __enter__ that raised, so no QEMU may outlive it here
+            raise
+
+    def _boot(self, timeout: float) -> "Guest":
         t0 = time.monotonic()
         for attempt in range(1, self.BOOT_ATTEMPTS + 1):
             for stale in (self.console, self.qmp_path):   # a reused work dir must not fool us

@@ -123,6 +123,14 @@ class SystemGuest:
                f"file:{self.dir / 'console.log'}", "-no-reboot"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.dir / "qemu.out", "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._await_ssh()
+        except BaseException:    # `with` never reaches __exit__ for an __enter__ that raised:
+            self.__exit__()      # no QEMU may outlive a failed boot, Ctrl-C or SIGTERM
+            raise
+        return self
+
+    def _await_ssh(self) -> None:
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
@@ -136,7 +144,6 @@ class SystemGuest:
         for tag, (_, mnt) in self.shares.items():
             self.ssh(f"mkdir -p {mnt} && mount -t 9p -o trans=virtio,version=9p2000.L,ro,"
                      f"msize=512000 {tag} {mnt}")
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:
